@@ -1,0 +1,187 @@
+"""Shapes World captions: three styles from one record, and a parser of the plain form.
+
+    short     red circle moving right
+    plain     a small red circle moving right on a black background
+    detailed  A small red circle glides steadily from the left side of the frame
+              toward the right over a plain black background.
+
+`parse_prompt` reads the plain form back (size and background may be left out)
+and names the first word it does not understand.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from patchflow.data.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SceneRecord
+
+
+@dataclass
+class ObjectSpec:
+    """What a prompt says about one object; `size=None` when the prompt leaves it open."""
+
+    color: str
+    shape: str
+    motion: str
+    size: str | None = None
+
+
+@dataclass
+class SceneSpec:
+    """What a prompt says about a scene; `background=None` when left open."""
+
+    objects: list[ObjectSpec] = field(default_factory=list)
+    background: str | None = None
+
+
+# ---------------------------------------------------------------- short and plain
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _object_phrase(color: str, shape: str, motion: str, size: str | None) -> str:
+    words = " ".join(w for w in (size, color, shape, motion) if w)
+    return f"{_article(words)} {words}"
+
+
+def plain_caption(scene: SceneRecord | SceneSpec) -> str:
+    """`a small red circle moving right [and ...] on a black background`."""
+    text = " and ".join(_object_phrase(o.color, o.shape, o.motion, o.size) for o in scene.objects)
+    return f"{text} on {_article(scene.background)} {scene.background} background" if scene.background else text
+
+
+def short_caption(scene: SceneRecord | SceneSpec) -> str:
+    """`red circle moving right [and blue square standing still]`."""
+    return " and ".join(f"{o.color} {o.shape} {o.motion}" for o in scene.objects)
+
+
+# ---------------------------------------------------------------- detailed
+# Several phrasings per motion; {o} is the object noun phrase ("a small red circle").
+_MOTION_PHRASES: dict[str, tuple[str, ...]] = {
+    "moving left": ("{o} glides steadily from the right side of the frame toward the left",
+                    "{o} travels at a constant pace to the left",
+                    "{o} drifts smoothly leftward across the frame"),
+    "moving right": ("{o} glides steadily from the left side of the frame toward the right",
+                     "{o} travels at a constant pace to the right",
+                     "{o} drifts smoothly rightward across the frame"),
+    "moving up": ("{o} rises steadily from the lower part of the frame toward the top",
+                  "{o} travels at a constant pace upward",
+                  "{o} drifts smoothly up through the frame"),
+    "moving down": ("{o} sinks steadily from the upper part of the frame toward the bottom",
+                    "{o} travels at a constant pace downward",
+                    "{o} drifts smoothly down through the frame"),
+    "bouncing": ("{o} bounces diagonally around the frame, rebounding off the edges",
+                 "{o} ricochets off the walls of the frame as it moves diagonally",
+                 "{o} zigzags across the frame, bouncing whenever it meets an edge"),
+    "standing still": ("{o} stays perfectly still in one place",
+                       "{o} rests motionless without moving at all",
+                       "{o} remains fixed at the same spot the whole time"),
+    "growing": ("{o} slowly grows larger while its centre stays in place",
+                "{o} expands steadily, getting bigger over time",
+                "{o} swells in size without changing its position"),
+    "shrinking": ("{o} slowly shrinks while its centre stays in place",
+                  "{o} contracts steadily, getting smaller over time",
+                  "{o} dwindles in size without changing its position"),
+}
+_BACKGROUND_PHRASES = ("over a plain {b} background", "against a flat {b} backdrop",
+                       "on a uniform {b} background", "in front of a solid {b} background")
+_OPENERS = ("", "In this short clip, ", "The video shows how ", "Throughout the scene, ")
+
+
+def detailed_caption(scene: SceneRecord, rng: random.Random | int = 0) -> str:
+    """A 15-35 word sentence stating the record's facts in varied words."""
+    rng = random.Random(rng) if isinstance(rng, int) else rng
+    best = ""
+    for _ in range(32):  # a few draws: two-object sentences can run past 35 words
+        sentence = _draw_detailed(scene, rng)
+        if 15 <= len(sentence.split()) <= 35:
+            return sentence
+        if not best or len(sentence.split()) < len(best.split()):
+            best = sentence
+    return best
+
+
+def _draw_detailed(scene: SceneRecord, rng: random.Random) -> str:
+    parts = [rng.choice(_MOTION_PHRASES[o.motion]).format(o=_object_phrase(o.color, o.shape, "", o.size))
+             for o in scene.objects]
+    body = ", while ".join(parts)
+    sentence = f"{rng.choice(_OPENERS)}{body} {rng.choice(_BACKGROUND_PHRASES).format(b=scene.background)}."
+    if len(parts) == 1:  # one-object sentences get a closing remark to reach 15+ words
+        sentence += rng.choice((" The shape has one flat colour and sharp edges.",
+                                " Nothing else appears in the frame.",
+                                " The camera does not move at all."))
+    return sentence[0].upper() + sentence[1:]
+
+
+def captions(scene: SceneRecord, seed: int = 0) -> dict[str, str]:
+    """All three caption styles of a record (`detailed` varies with `seed`)."""
+    return {"short": short_caption(scene), "plain": plain_caption(scene),
+            "detailed": detailed_caption(scene, seed)}
+
+
+# ---------------------------------------------------------------- parsing
+_MOTION_WORDS = {m.split()[0]: m for m in MOTIONS}  # "moving" -> needs a direction; others are one word
+_DIRECTIONS = ("left", "right", "up", "down")
+
+
+def _words(prompt: str) -> list[str]:
+    return re.findall(r"[a-z]+", prompt.lower())
+
+
+def parse_prompt(prompt: str) -> SceneSpec:
+    """Parse the plain caption form into a `SceneSpec`.
+
+    Grammar: OBJECT ["and" OBJECT] ["on" ["a"] BACKGROUND "background"], where
+    OBJECT = ["a"|"an"] [SIZE] COLOUR SHAPE MOTION. Raises ValueError naming the
+    first word that does not fit.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    words, i = _words(prompt), 0
+
+    def fail(expected: str) -> ValueError:
+        word = words[i] if i < len(words) else "<end of prompt>"
+        return ValueError(f"did not understand {word!r} in prompt {prompt!r}: expected {expected}")
+
+    def take(options, expected: str) -> str:
+        nonlocal i
+        if i >= len(words) or words[i] not in options:
+            raise fail(expected)
+        i += 1
+        return words[i - 1]
+
+    def optional(options) -> str | None:
+        nonlocal i
+        if i < len(words) and words[i] in options:
+            i += 1
+            return words[i - 1]
+        return None
+
+    spec = SceneSpec()
+    while True:
+        optional(("a", "an"))
+        size = optional(SIZES)
+        color = take(COLORS, f"a colour ({', '.join(COLORS)})")
+        shape = take(SHAPES, f"a shape ({', '.join(SHAPES)})")
+        head = take(_MOTION_WORDS, "a motion (" + ", ".join(MOTIONS) + ")")
+        motion = _MOTION_WORDS[head]
+        if head == "moving":
+            motion = f"moving {take(_DIRECTIONS, 'a direction after moving (left, right, up, down)')}"
+        elif head == "standing":
+            take(("still",), "'still' after 'standing'")
+        spec.objects.append(ObjectSpec(color, shape, motion, size))
+        if optional(("and",)) is None:
+            break
+        if len(spec.objects) == 2:
+            raise fail("at most two objects")
+    if optional(("on",)):
+        optional(("a",))
+        spec.background = take(BACKGROUNDS, f"a background ({', '.join(BACKGROUNDS)})")
+        take(("background",), "'background'")
+    if i < len(words):
+        raise fail("the end of the prompt")
+    if len(spec.objects) == 2 and spec.objects[0].color == spec.objects[1].color:
+        raise ValueError(f"the two objects in {prompt!r} must have different colours")
+    return spec

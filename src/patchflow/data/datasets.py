@@ -1,0 +1,75 @@
+"""Torch datasets that yield training clips with their captions.
+
+Each item is a dict: `video` float [3, T, H, W] in [-1, 1], `captions`
+({"short", "plain", "detailed"}; real data may have only "plain"), and for the
+Shapes World the ground-truth `record`. Clips differ in size and length, so a
+DataLoader uses `collate_list` (lists, not stacked tensors); packing happens later.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from patchflow.data.shapes import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, captions, render_scene, sample_scene
+
+
+def to_model_video(video: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_user_video(video: torch.Tensor) -> np.ndarray:
+    """float [3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
+    x = video.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def collate_list(items: list[dict]) -> dict[str, list]:
+    """Batch dicts of mixed-size clips into a dict of lists."""
+    return {key: [item[key] for item in items] for key in items[0]}
+
+
+class ShapesDataset(Dataset):
+    """Shapes World clips at any mixture of sizes and lengths, deterministic per index.
+
+    sizes: (height, width) pairs to draw from; frames: clip lengths to draw from.
+    Item i depends only on (seed, i), so any worker count or resume point sees the
+    same clip for the same index.
+    """
+
+    def __init__(self, length: int = 100_000, sizes: Sequence[tuple[int, int]] = ((64, 64),),
+                 frames: Sequence[int] = (17,), split: str = "train", seed: int = 0):
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        if not sizes or not frames:
+            raise ValueError("sizes and frames must each name at least one value")
+        for h, w in sizes:
+            if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+                raise ValueError(f"size {h}x{w}: sides must be {MIN_SIDE} to {MAX_SIDE} pixels")
+        for f in frames:
+            if not 1 <= f <= MAX_FRAMES:
+                raise ValueError(f"frames={f}: clips have 1 to {MAX_FRAMES} frames")
+        self.length, self.split, self.seed = length, split, seed
+        self.sizes = [tuple(s) for s in sizes]
+        self.frames = list(frames)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} clips")
+        rng = random.Random(self.seed * 1_000_003 + index)
+        record = sample_scene(rng, self.split)
+        height, width = rng.choice(self.sizes)
+        frames = rng.choice(self.frames)
+        video = render_scene(record, height, width, frames)
+        return {"video": to_model_video(video), "captions": captions(record, seed=index),
+                "record": record.to_dict()}

@@ -1,0 +1,267 @@
+"""Captions for training and prompt expansion for generation.
+
+Training (Sora's recaptioning idea on the built-in world): every clip carries
+short / plain / detailed captions; `choose_caption` draws one style per example
+and `drop_caption` blanks it with probability p so the model also learns the
+unconditional velocity that classifier-free guidance needs.
+
+Generation: a user's short or paraphrased prompt is rewritten into the caption
+form the model was trained on. `expand_prompt` does it by rules for Shapes World
+(`"a tiny crimson ball heading left on a dark background"` ->
+`"a small red circle moving left on a black background"`), using the world's
+vocabulary from `patchflow.data.shapes`; a prompt it cannot read completely is
+returned unchanged, so models trained on real footage are unaffected.
+`TransformersExpander` uses any local text-generation model instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+from patchflow.data.shapes import (
+    BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, parse_prompt, plain_caption,
+)
+
+DEFAULT_CAPTION_WEIGHTS = {"short": 0.2, "plain": 0.5, "detailed": 0.3}  # plain is what expansion produces
+DEFAULT_MOTION = "standing still"  # a shape named without a motion word is taken to be still
+
+
+# ---------------------------------------------------------------- training captions
+def choose_caption(captions: dict[str, str], rng: random.Random, weights: dict[str, float] | None = None) -> str:
+    """Draw one caption style with the given weights (styles missing from `captions` are skipped)."""
+    weights = DEFAULT_CAPTION_WEIGHTS if weights is None else weights
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"caption weights must be >= 0, got {weights}")
+    styles = [s for s in weights if s in captions and weights[s] > 0]
+    if not styles:
+        raise ValueError(f"no caption style with positive weight: captions have {sorted(captions)}, "
+                         f"weights are {weights}")
+    return captions[rng.choices(styles, weights=[weights[s] for s in styles])[0]]
+
+
+def drop_caption(caption: str, p: float, rng: random.Random) -> str:
+    """Caption dropout: "" with probability p (the empty prompt is the unconditional input)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"caption dropout probability must be in [0, 1], got {p}")
+    return "" if rng.random() < p else caption
+
+
+# ---------------------------------------------------------------- rule-based expansion
+# Words that map to the world's vocabulary; canonical names map to themselves.
+_SHAPE_WORDS = {**{s: s for s in SHAPES}, **{f"{s}s": s for s in SHAPES},
+                **dict.fromkeys(("ball", "balls", "disc", "discs", "disk", "disks", "dot", "dots", "orb",
+                                 "orbs", "sphere", "spheres", "blob"), "circle"),
+                **dict.fromkeys(("box", "boxes", "cube", "cubes", "block", "blocks", "tile", "tiles"), "square"),
+                **dict.fromkeys(("pyramid", "pyramids", "wedge"), "triangle")}
+_COLOR_WORDS = {**{c: c for c in COLORS},
+                **dict.fromkeys(("crimson", "scarlet", "ruby", "cherry"), "red"),
+                **dict.fromkeys(("emerald", "lime"), "green"),
+                **dict.fromkeys(("azure", "navy", "cobalt", "sapphire"), "blue"),
+                **dict.fromkeys(("gold", "golden", "lemon"), "yellow"),
+                **dict.fromkeys(("violet", "magenta", "lilac", "lavender", "indigo"), "purple"),
+                **dict.fromkeys(("amber", "tangerine"), "orange"),
+                **dict.fromkeys(("teal", "turquoise", "aqua"), "cyan")}
+_SIZE_WORDS = {**{s: s for s in SIZES}, **dict.fromkeys(("tiny", "little", "mini", "smallish"), "small"),
+               **dict.fromkeys(("big", "huge", "giant", "bigger", "larger", "enormous"), "large")}
+_BACKGROUND_WORDS = {**{b: b for b in BACKGROUNDS}, "grey": "gray", "silver": "gray", "neutral": "gray",
+                     **dict.fromkeys(("dark", "darker", "night", "blackish"), "black"),
+                     **dict.fromkeys(("light", "bright", "pale", "lighter"), "white")}
+_CONNECTORS = {"and", "with", "plus", "while", "alongside", "beside", "whereas", "meanwhile", "also", ",", ";", "&"}
+_FILLER = set("""a an the one single this that there is are it its which who whose has have we you see can
+    object objects shape shapes thing figure item colored coloured shaded shade light dark bright pale deep vivid
+    slowly quickly steadily smoothly gently fast rapidly constantly continuously very perfectly softly evenly
+    across through along around over toward towards within inside of in on at by from all time whole
+    frame screen scene video clip picture view image canvas plain flat solid simple empty uniform
+    sitting sits staying stays remaining remains keeps kept being just only it's there's""".split())
+
+_DIR = r"(left|right|up|down|top|bottom|upward|downward|upwards|downwards|leftward|rightward|leftwards|rightwards)"
+_DIR_CANON = {"top": "up", "bottom": "down", "upward": "up", "upwards": "up", "downward": "down",
+              "downwards": "down", "leftward": "left", "leftwards": "left", "rightward": "right",
+              "rightwards": "right"}
+_VERB = (r"(?:moving|moves|move|going|goes|go|heading|heads|head|travell?ing|travels|drifting|drifts|sliding|"
+         r"slides|gliding|glides|floating|floats|rolling|rolls|flying|flies|sailing|sails|shifting|shifts|"
+         r"scrolling|scrolls|running|runs|zooming|zooms|cruising|cruises)")
+_SIDE = r"(?:the\s+)?(left|right|top|bottom|upper|lower)(?:\s+(?:side|part|edge|end))?(?:\s+of\s+the\s+(?:frame|screen))?"
+_OPPOSITE = {"left": "right", "right": "left", "top": "down", "upper": "down", "bottom": "up", "lower": "up"}
+# (pattern, replacement), applied in order; motions become one token ("moving_left") so objects
+# can be split on connectors afterwards. Longer phrases come before their parts.
+_MOTION_RULES: list[tuple[str, str]] = [
+    (rf"(?:{_VERB}\s+)?from\s+{_SIDE}\s+(?:to|toward|towards|into)\s+(?:the\s+)?\w+(?:\s+(?:side|part|edge))?",
+     "FROM"),
+    (r"(?:getting|becoming|growing|gets|becomes|grows)\s+(?:bigger|larger)|increasing\s+in\s+size|"
+     r"scaling\s+up|expanding|expands|expand|enlarging|enlarges|inflating|inflates|swelling|swells|"
+     r"growing|grows|grow", "growing"),
+    (r"(?:getting|becoming|gets|becomes)\s+smaller|decreasing\s+in\s+size|scaling\s+down|contracting|"
+     r"contracts|deflating|deflates|dwindling|dwindles|shrinking|shrinks|shrink", "shrinking"),
+    (r"(?:is\s+)?(?:not\s+moving|does\s+not\s+move|doesn'?t\s+move|at\s+rest|in\s+place|in\s+one\s+place)|"
+     r"(?:standing|stands|stand|staying|stays|stay|sitting|sits|holding|holds|keeping|remaining|remains)\s+still|"
+     r"still|static|stationary|motionless|unmoving|frozen|idle|resting|rests|not\s+moving", "standing_still"),
+    (r"(?:bouncing|bounces|bounce)\s+(?:around|about|off\s+the\s+(?:walls|edges|sides))|ricocheting|ricochets|"
+     r"bouncing|bounces|bounce|bouncy|pinballing|zigzagging|zigzags", "bouncing"),
+    (r"rising|rises|rise|ascending|ascends|climbing|climbs|lifting\s+off", "moving_up"),
+    (r"falling|falls|fall|dropping|drops|descending|descends|sinking|sinks", "moving_down"),
+    (rf"(?:{_VERB}\s+)?(?:(?:to|toward|towards|into)\s+)?(?:the\s+)?{_DIR}(?:\s+side)?", "DIR"),
+]
+_BACKGROUND_RULE = re.compile(
+    r"(?:(?:on|over|against|upon|in\s+front\s+of)\s+)?(?:a\s+|an\s+|the\s+)?(?:(?:plain|flat|solid|simple|empty|"
+    r"uniform|pitch|pure|very|deep)\s+)?(\w+)(?:\s+colou?red)?\s+(?:background|backdrop|bg|backgrounds)"
+    r"|(?:on|over|against)\s+(?:a\s+|the\s+)?(black|white|gray|grey|dark|light)\s*$")
+
+
+def _motion_token(match: re.Match, kind: str) -> str:
+    if kind == "FROM":
+        return f" moving_{_OPPOSITE[match.group(1)]} "  # from the left (to the right) -> moving right
+    if kind == "DIR":
+        word = match.group(1)
+        return f" moving_{_DIR_CANON.get(word, word)} "
+    return f" {kind} "
+
+
+def _read_scene(prompt: str) -> SceneSpec | None:
+    """The scene a paraphrase describes, or None when some word does not fit Shapes World."""
+    text = " " + prompt.lower().replace("-", " ") + " "
+    background = None
+    found = list(_BACKGROUND_RULE.finditer(text))
+    if len(found) > 1:
+        return None
+    if found:
+        word = found[0].group(1) or found[0].group(2)
+        if word not in _BACKGROUND_WORDS:
+            return None  # a background outside the world ("a red background")
+        background = _BACKGROUND_WORDS[word]
+        text = text[: found[0].start()] + " " + text[found[0].end():]
+    for pattern, kind in _MOTION_RULES:
+        text = re.sub(rf"(?<![\w_])(?:{pattern})(?![\w_])", lambda m, k=kind: _motion_token(m, k), text)
+    chunks: list[list[str]] = [[]]
+    for word in re.findall(r"[a-z_']+|[,;&]", text):
+        if word in _CONNECTORS:
+            chunks.append([])
+        elif word not in _FILLER:
+            chunks[-1].append(word)
+    motions = {m.replace(" ", "_"): m for m in MOTIONS}
+    objects: list[dict[str, str]] = []
+    for words in (c for c in chunks if c):
+        slots: dict[str, str] = {}
+        for word in words:
+            for slot, table in (("size", _SIZE_WORDS), ("color", _COLOR_WORDS), ("shape", _SHAPE_WORDS),
+                                ("motion", motions)):
+                if word in table:
+                    if slot in slots and slots[slot] != table[word]:
+                        return None  # two colours (or shapes, motions) for one object
+                    slots[slot] = table[word]
+                    break
+            else:
+                return None  # a word outside the world's vocabulary
+        if "color" not in slots and "shape" not in slots and objects:  # "a red ball, still": same object
+            if any(objects[-1].get(k, v) != v for k, v in slots.items()):
+                return None
+            objects[-1].update(slots)
+        elif "color" in slots and "shape" in slots:
+            objects.append(slots)
+        else:
+            return None
+    objects = [ObjectSpec(o["color"], o["shape"], o.get("motion", DEFAULT_MOTION), o.get("size")) for o in objects]
+    return SceneSpec(objects, background) if objects else None
+
+
+def expand_prompt(prompt: str, defaults: dict[str, str] | None = None) -> str:
+    """Rewrite a short or paraphrased Shapes World prompt into the plain caption form.
+
+    "tiny crimson ball heading left on a dark background" -> "a small red circle moving left on a
+    black background". Size and background stay unspecified unless the prompt or `defaults`
+    ({"size": "small", "background": "black"}) give them. A prompt that is not fully readable as
+    Shapes World (unknown words, a third object, two objects of one colour) is returned unchanged.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    defaults = defaults or {}
+    unknown = set(defaults) - {"size", "background"}
+    if unknown or defaults.get("size", "small") not in SIZES or defaults.get("background", "black") not in BACKGROUNDS:
+        raise ValueError(f"defaults must map 'size' to one of {list(SIZES)} and 'background' to one of "
+                         f"{list(BACKGROUNDS)}, got {defaults}")
+    scene = _read_scene(prompt)
+    if scene is None:
+        return prompt
+    for obj in scene.objects:
+        obj.size = obj.size or defaults.get("size")
+    scene.background = scene.background or defaults.get("background")
+    caption = plain_caption(scene)
+    try:
+        parse_prompt(caption)  # the world's own grammar is the final check
+    except ValueError:
+        return prompt
+    return caption
+
+
+# ---------------------------------------------------------------- pluggable expanders
+class PromptExpander:
+    """Interface: `expander(prompt) -> prompt in the training caption style`. This base is the identity."""
+
+    def __call__(self, prompt: str) -> str:
+        return prompt
+
+
+class RuleExpander(PromptExpander):
+    """`expand_prompt` with fixed defaults, for Shapes World models."""
+
+    def __init__(self, defaults: dict[str, str] | None = None):
+        self.defaults = defaults
+
+    def __call__(self, prompt: str) -> str:
+        return expand_prompt(prompt, self.defaults)
+
+
+EXPANDER_INSTRUCTION = (
+    "You rewrite short video prompts into the detailed captions a text-to-video model was trained on. "
+    "Describe the subjects, their colours, sizes and motion, the background and the camera in one or two plain "
+    "sentences of at most 60 words. Do not add subjects the prompt does not mention. Reply with the caption only.")
+
+
+class TransformersExpander(PromptExpander):
+    """Prompt expansion with a local `transformers` text-generation model folder (offline, greedy decoding).
+
+    Chat models get EXPANDER_INSTRUCTION as the system message and the prompt as the user message;
+    plain language models get "<instruction>\\n\\nPrompt: <prompt>\\nCaption:". The first line of the
+    reply is the expanded prompt; an empty reply falls back to the prompt itself.
+    """
+
+    def __init__(self, path: str | os.PathLike, instruction: str = EXPANDER_INSTRUCTION, max_new_tokens: int = 96):
+        path = Path(path).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"prompt expander folder {str(path)!r} has no config.json")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before importing transformers: never reach the Hub
+        import transformers
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
+        self.instruction, self.max_new_tokens = instruction, max_new_tokens
+
+    def __call__(self, prompt: str) -> str:
+        import torch
+
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "system", "content": self.instruction}, {"role": "user", "content": prompt}]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = f"{self.instruction}\n\nPrompt: {prompt}\nCaption:"
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad)
+        reply = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        lines = [line.strip() for line in reply.strip().splitlines() if line.strip()]
+        return lines[0] if lines else prompt
+
+
+def load_prompt_expander(spec: str | None) -> PromptExpander:
+    """None or "none": identity; "rules": Shapes World rules; a folder: `TransformersExpander`."""
+    if spec is None or spec == "none":
+        return PromptExpander()
+    if spec == "rules":
+        return RuleExpander()
+    if not Path(spec).expanduser().is_dir():
+        raise FileNotFoundError(f"prompt expander {spec!r} is neither 'none', 'rules' nor a model folder")
+    return TransformersExpander(spec)

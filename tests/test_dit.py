@@ -1,0 +1,206 @@
+"""The Diffusion Transformer: packed == per-sample, backends agree, RoPE, init, overfitting, errors."""
+
+import pytest
+import torch
+
+from patchflow.bench import bench_dit, mixed_latents
+from patchflow.dit import DIT_PRESETS, DiT, DiTConfig, dit_config
+from patchflow.patches import pack, unpack
+from patchflow.rope import apply_rope, rope_angles, rope_axis_dims, rope_cos_sin
+
+TEXT_DIM = 32
+SHAPES = [(4, 3, 6, 4), (4, 1, 4, 4), (4, 5, 2, 8), (4, 2, 6, 6), (4, 1, 2, 2)]  # 18, 4, 20, 18, 1 tokens
+
+
+def _model(layout="full", backend="naive", seed=0):
+    torch.manual_seed(seed)
+    model = DiT(dit_config("tiny", in_channels=4, text_dim=TEXT_DIM, attention_layout=layout,
+                           attention_backend=backend)).eval()
+    with torch.no_grad():  # random weights: the zero-initialised model would output zeros everywhere
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model
+
+
+def _batch(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    latents = [torch.randn(s, generator=gen) for s in SHAPES]
+    text = torch.randn(5, 7, TEXT_DIM, generator=gen)
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[1, 4:], mask[3, 1:] = False, False
+    cond = [torch.tensor([True, False, False]), None, None, torch.tensor([False, True]), None]
+    packed = pack(latents, (1, 2, 2), budget=24, cond_frames=cond)
+    t = packed.per_token(torch.rand(5, generator=gen))
+    packed.timesteps = torch.where(packed.cond_mask, torch.zeros_like(t), t)  # clean condition tokens: t = 0
+    return latents, text, mask, cond, packed
+
+
+def _per_sample(model, latents, text, mask, cond, packed):
+    outs = []
+    for b, latent in enumerate(latents):
+        one = pack([latent], (1, 2, 2), cond_frames=[cond[b]])
+        one.timesteps = torch.where(one.cond_mask, 0.0, float(packed.timesteps[packed.loss_mask & (packed.sample_ids == b)][0]))
+        outs.append(unpack(one, model.forward_packed(one, text[b:b + 1], mask[b:b + 1]))[0])
+    return outs
+
+
+@pytest.mark.parametrize("layout", ["full", "factorized"])
+@pytest.mark.parametrize("backend", ["naive", "sdpa", "flex", "varlen"])
+def test_packed_forward_equals_per_sample_forward(layout, backend):
+    latents, text, mask, cond, packed = _batch()
+    model = _model(layout, backend)
+    with torch.no_grad():
+        packed_out = unpack(packed, model.forward_packed(packed, text, mask))
+        single_out = _per_sample(model, latents, text, mask, cond, packed)
+        naive = _model(layout, "naive")
+        naive_out = unpack(packed, naive.forward_packed(packed, text, mask))
+    err = max((a - b).abs().max().item() for a, b in zip(packed_out, single_out))
+    err_naive = max((a - b).abs().max().item() for a, b in zip(packed_out, naive_out))
+    print(f"{layout} {backend}: packed vs per-sample max abs error {err:.2e}, vs naive {err_naive:.2e}")
+    assert err < 1e-4 and err_naive < 1e-4
+    assert packed_out[0].abs().mean() > 0.1  # a real signal, not zeros
+
+
+def test_output_is_zero_at_init_and_on_padding():
+    torch.manual_seed(0)
+    model = DiT(dit_config("tiny", in_channels=4, text_dim=TEXT_DIM))
+    _, text, mask, _, packed = _batch()
+    assert model.forward_packed(packed, text, mask).abs().max() == 0  # zero-initialised output layer
+    for block in model.blocks:
+        assert block.adaLN.weight.abs().max() == 0 and block.cross.proj.weight.abs().max() == 0
+    out = _model().forward_packed(packed, text, mask)
+    assert (out[packed.sample_ids < 0] == 0).all() and out.abs().max() > 0
+
+
+def test_rope_positions_odd_grid():
+    head_dim = 16
+    assert rope_axis_dims(head_dim) == (8, 4, 4) and rope_axis_dims(64) == (24, 20, 20)
+    coords = torch.tensor([[2, 4, 6]])  # the last token of a 3 x 5 x 7 grid
+    angles = rope_angles(coords, head_dim, theta=100.0)[0]
+    want = torch.cat([2 * 100.0 ** (-torch.arange(0, 8, 2) / 8), 4 * 100.0 ** (-torch.arange(0, 4, 2) / 4),
+                      6 * 100.0 ** (-torch.arange(0, 4, 2) / 4)])
+    assert torch.allclose(angles, want)
+    # Scores depend only on coordinate differences: shifting a whole odd grid changes nothing.
+    grid = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(5), torch.arange(7), indexing="ij"), -1)
+    coords = grid.reshape(1, -1, 3)                                     # [1, 105, 3]
+    q, k = torch.randn(2, 1, 105, 2, head_dim).unbind(0)                 # [1, S, H, Dh]
+    def scores(c):
+        cos, sin = rope_cos_sin(c, head_dim)
+        return torch.einsum("bshd,bthd->bhst", apply_rope(q, cos, sin), apply_rope(k, cos, sin))
+    assert torch.allclose(scores(coords), scores(coords + torch.tensor([5, 3, 11])), atol=1e-4)
+    assert not torch.allclose(scores(coords), scores(coords * 2), atol=1e-2)  # but positions matter
+    with pytest.raises(ValueError, match="even head dim"):
+        rope_axis_dims(15)
+
+
+def test_rope_gradient():
+    coords = torch.randint(0, 9, (1, 6, 3))
+    cos, sin = (t.double() for t in rope_cos_sin(coords, 12))
+    x = torch.randn(1, 6, 2, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: apply_rope(x, cos, sin), (x,))
+
+
+def test_tiny_dit_overfits_one_clip():
+    torch.manual_seed(0)
+    model = DiT(dit_config("tiny", in_channels=4, text_dim=TEXT_DIM)).train()
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen)
+    text = torch.randn(1, 5, TEXT_DIM, generator=gen)
+    clean, target = pack([x0], (1, 2, 2)), pack([noise - x0], (1, 2, 2)).tokens  # velocity v = eps - x0
+    noisy = pack([0.3 * x0 + 0.7 * noise], (1, 2, 2))  # x_t at t = 0.7
+    noisy.timesteps.fill_(0.7)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(40):
+        loss = (model.forward_packed(noisy, text) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    print(f"overfit loss {losses[0]:.3f} -> {losses[-1]:.4f}")
+    assert losses[-1] < losses[0] / 10
+    assert clean.tokens.shape == target.shape
+
+
+def test_gradient_checkpointing_same_gradients():
+    _, text, mask, _, packed = _batch()
+    grads = []
+    for ckpt in (False, True):
+        model = _model()
+        model.config.gradient_checkpointing = ckpt
+        model.train()
+        model.forward_packed(packed, text, mask).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_bf16_autocast_forward_backward():
+    _, text, mask, _, packed = _batch()
+    model = _model(backend="auto").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_packed(packed, text, mask)
+    out.float().square().mean().backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_bad_inputs_give_named_errors():
+    with pytest.raises(ValueError, match="hidden_size 64 is not divisible by num_heads 3"):
+        DiT(DiTConfig(hidden_size=64, num_heads=3, depth=1))
+    with pytest.raises(ValueError, match="even head dim"):
+        DiT(DiTConfig(hidden_size=36, num_heads=4, depth=1))
+    with pytest.raises(ValueError, match="attention_layout"):
+        DiT(DiTConfig(hidden_size=64, num_heads=4, depth=1, attention_layout="axial"))
+    with pytest.raises(ValueError, match="unknown DiT preset 'M/2'"):
+        dit_config("M/2")
+    model = _model()
+    _, text, mask, _, packed = _batch()
+    with pytest.raises(ValueError, match=r"expected x \[R, S, 16\]"):
+        model(packed.tokens[..., :8], packed.timesteps, packed.coords, packed.sample_ids, text, mask)
+    with pytest.raises(ValueError, match=r"text must be \[B, L, 32\]"):
+        model.forward_packed(packed, text[..., :8], mask)
+    with pytest.raises(ValueError, match="sample id 4 has no text row"):
+        model.forward_packed(packed, text[:4], mask[:4])
+
+
+def test_presets_flops_and_save_load(tmp_path):
+    for name, (width, depth, heads) in {"S/2": (384, 12, 6), "B/4": (768, 12, 12), "L/1": (1024, 24, 16),
+                                        "XL/2": (1152, 28, 16)}.items():
+        config = DIT_PRESETS[name]()
+        assert (config.hidden_size, config.depth, config.num_heads) == (width, depth, heads)
+        assert config.patch_size == (1, int(name[-1]), int(name[-1]))
+    model = DiT(dit_config("tiny", in_channels=4, text_dim=TEXT_DIM))
+    d, n, l = 64, 48, 5
+    per_layer = n * (24 * d * d + 4 * n * d + 4 * d * d + 4 * l * d) + l * 4 * d * d
+    io = n * 4 * 16 * d + l * 2 * (TEXT_DIM * d + d * d)
+    assert model.estimate_flops(n, l) == 2 * per_layer + io
+    assert model.estimate_flops([n, n], l) == 2 * model.estimate_flops(n, l)
+    assert model.estimate_mfu(n, l, 1.0, 3 * (2 * per_layer + io)) == pytest.approx(1.0)
+    model = _model()
+    model.save_pretrained(tmp_path / "dit")
+    loaded = DiT.from_pretrained(tmp_path / "dit", attention_backend="sdpa")
+    assert loaded.config.attention_backend == "sdpa"
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_bench_dit_packed_vs_padded_runs():
+    result = bench_dit("tiny", tokens=192, steps=1, warmup=0, text_len=4, channels=4, vae_scale=(4, 8),
+                       compare_diffusers=False)
+    for key in ("ours_tokens_per_s", "packed_tokens_per_s", "padded_tokens_per_s", "mfu"):
+        assert result[key] > 0, key
+    assert result["packed_padding_fraction"] < result["padded_padding_fraction"]
+    assert result["useful_tokens"] == sum(x.shape[1] * x.shape[2] * x.shape[3] // 4
+                                          for x in mixed_latents(4, (4, 8), 384, (1, 2, 2)))
+    with pytest.raises(ValueError, match="below the longest mixed-batch sample"):
+        bench_dit("tiny", tokens=64, steps=1, warmup=0, text_len=4, channels=4, vae_scale=(4, 8),
+                  compare_diffusers=False)
+
+
+@pytest.mark.slow
+def test_bench_dit_against_diffusers_wan():
+    pytest.importorskip("diffusers")
+    result = bench_dit("tiny", tokens=192, steps=1, warmup=0, text_len=4, channels=4, vae_scale=(4, 8),
+                       compare_padding=False)
+    assert result["diffusers_wan_tokens_per_s"] > 0 and result["speedup_vs_diffusers"] > 0
+    assert result["diffusers_wan_params"] > 0

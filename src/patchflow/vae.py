@@ -1,0 +1,325 @@
+"""Causal 3D video VAE: pixels `[B, 3, T, H, W]` <-> latents `[B, C, T', H', W']`.
+
+`T' = 1 + (T - 1) / ft`, `H' = H / fs`, `W' = W / fs`. The first frame is
+encoded on its own, so an image is a 1-frame video and one VAE serves both.
+Long or large videos are processed in time chunks with causal conv caches
+(exact) and in overlapping spatial tiles with linear blending (approximate),
+see `enable_tiling`. The layers live in `vae_blocks.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from patchflow.vae_blocks import Decoder, Encoder, initialize_weights, set_streaming
+from patchflow.weights import load_component, save_component
+
+
+@dataclass
+class VAEConfig:
+    ft: int = 4  # temporal compression: T' = 1 + (T-1)/ft; one of 1, 2, 4
+    fs: int = 8  # spatial compression: H' = H/fs; one of 4, 8, 16
+    latent_channels: int = 16  # C, 4..32; 16 as in Wan/HunyuanVideo at 4x8x8
+    base_channels: int = 64  # width of the first level
+    channel_mults: tuple[int, ...] = (1, 2)  # width multiplier per level; levels-1 = log2(fs/patch_size)
+    num_res_blocks: int = 2  # residual blocks per encoder level (decoder uses one more)
+    patch_size: int = 4  # pixel blocks folded into channels first; 4 makes a 2-core CPU fast enough to train
+    norm: str = "rms"  # "rms" (per-position, seam-free tiling) or "group" (GroupNorm per frame)
+    latent_mean: list[float] = field(default_factory=list)  # per channel, empty = zeros; see measure_latent_stats
+    latent_std: list[float] = field(default_factory=list)  # per channel, empty = ones
+
+    def __post_init__(self) -> None:
+        c = self.latent_channels
+        if self.ft not in (1, 2, 4):
+            raise ValueError(f"ft must be 1, 2 or 4, got {self.ft}")
+        if self.fs not in (4, 8, 16):
+            raise ValueError(f"fs must be 4, 8 or 16, got {self.fs}")
+        if not 4 <= c <= 32:
+            raise ValueError(f"latent_channels must be in 4..32, got {c}")
+        if self.patch_size not in (1, 2, 4) or self.fs % self.patch_size:
+            raise ValueError(f"patch_size must be 1, 2 or 4 and divide fs={self.fs}, got {self.patch_size}")
+        downs = int(math.log2(self.fs // self.patch_size))
+        if len(self.channel_mults) != downs + 1:
+            raise ValueError(f"fs={self.fs} with patch_size={self.patch_size} needs {downs} downsamplings, "
+                             f"so {downs + 1} channel_mults; got {len(self.channel_mults)}")
+        if int(math.log2(self.ft)) > len(self.channel_mults):
+            raise ValueError(f"ft={self.ft} needs {int(math.log2(self.ft))} levels (one temporal halving each), "
+                             f"got {len(self.channel_mults)} channel_mults")
+        if self.base_channels < 1 or self.num_res_blocks < 1:
+            raise ValueError("base_channels and num_res_blocks must be >= 1")
+        self.latent_mean = [float(v) for v in self.latent_mean] or [0.0] * c
+        self.latent_std = [float(v) for v in self.latent_std] or [1.0] * c
+        if len(self.latent_mean) != c or len(self.latent_std) != c:
+            raise ValueError(f"latent_mean/latent_std need {c} values, got {len(self.latent_mean)}/{len(self.latent_std)}")
+        if min(self.latent_std) <= 0:
+            raise ValueError(f"latent_std must be positive, got {self.latent_std}")
+
+
+VAE_PRESETS: dict[str, Callable[[], VAEConfig]] = {
+    # Tests: 0.47M parameters, milliseconds per call on CPU.
+    "tiny": lambda: VAEConfig(ft=4, fs=4, latent_channels=4, base_channels=16, channel_mults=(1, 2),
+                              num_res_blocks=1, patch_size=2),
+    # Small models on the built-in world: 8 channels per 4x4x4 block (24x compression).
+    "4x4x4x8": lambda: VAEConfig(ft=4, fs=4, latent_channels=8, base_channels=48, channel_mults=(1, 2),
+                                 num_res_blocks=1, patch_size=2),
+    # The general VAE (Wan/HunyuanVideo ratio, 48x compression): 9.7M parameters, patch 4 then one
+    # spatial halving; of the variants timed, the best PSNR per CPU-minute (benchmarks/RESULTS-vae.md).
+    "4x8x8x16": lambda: VAEConfig(ft=4, fs=8, latent_channels=16, base_channels=64, channel_mults=(1, 2),
+                                  num_res_blocks=2, patch_size=4),
+}
+
+
+class LatentDist:
+    """Diagonal Gaussian over latents; `params` is `[B, 2C, T', H', W']` (mean, log-variance)."""
+
+    def __init__(self, params: torch.Tensor) -> None:
+        self.mean, logvar = params.chunk(2, dim=1)  # each (B, C, T', H', W')
+        self.logvar = logvar.clamp(-30.0, 20.0)  # keeps exp() finite early in training
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL to N(0, I), summed over C, T', H', W' -> `[B]`."""
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3, 4))
+
+
+def _nearest_valid(n: int, step: int) -> str:
+    lower = 1 + step * ((n - 1) // step)
+    return f"{lower} or {lower + step}" if n > 1 else f"1 or {1 + step}"
+
+
+def _tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Start/end of overlapping tiles covering `0..n`; the last tile is shifted to end at `n`."""
+    if n <= tile:
+        return [(0, n)]
+    starts = list(range(0, n - tile, tile - overlap)) + [n - tile]
+    return [(s, s + tile) for s in starts]
+
+
+def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    """1-D blend weights of one tile along one axis.
+
+    Along an edge shared with a neighbour tile, the outer quarter of the
+    overlap gets weight 0 (those outputs lack context beyond the tile edge and
+    are the least accurate), the middle half ramps linearly to 1. The
+    neighbour covers the zeroed band with full weight, so weights never sum to 0.
+    """
+    w = torch.ones(length)
+    dead = overlap // 4
+    band = overlap - 2 * dead
+    edge = torch.cat([torch.zeros(dead), (torch.arange(band) + 0.5) / band])  # rises from 0 to ~1
+    if overlap > 0 and not at_start:
+        w[: dead + band] = edge
+    if overlap > 0 and not at_end:
+        w[-(dead + band):] = torch.minimum(w[-(dead + band):], edge.flip(0))
+    return w
+
+
+class VideoVAE(nn.Module):
+    """Causal 3D VAE. `encode(video) -> LatentDist`, `decode(z) -> video`, `forward -> (recon, dist)`."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        args = (c.latent_channels, c.base_channels, tuple(c.channel_mults), c.num_res_blocks,
+                int(math.log2(c.ft)), c.patch_size, c.norm)
+        self.encoder, self.decoder = Encoder(*args), Decoder(*args)
+        initialize_weights(self)
+        self.register_buffer("latent_mean", torch.tensor(c.latent_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("latent_std", torch.tensor(c.latent_std).view(1, -1, 1, 1, 1), persistent=False)
+        self.tiling: dict | None = None
+
+    # ----- shapes and checks -----
+    def valid_frame_counts(self, max_frames: int) -> list[int]:
+        """Frame counts the VAE takes, up to `max_frames`: 1, 1 + ft, 1 + 2 ft, ..."""
+        return list(range(1, max_frames + 1, self.config.ft))
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """`(C, T', H', W')` for a `frames x height x width` video (checked)."""
+        self._check_size(frames, height, width)
+        c = self.config
+        return (c.latent_channels, 1 + (frames - 1) // c.ft, height // c.fs, width // c.fs)
+
+    def _check_size(self, frames: int, height: int, width: int) -> None:
+        ft, fs = self.config.ft, self.config.fs
+        if frames < 1 or (frames - 1) % ft:
+            raise ValueError(f"got {frames} frames; the VAE takes 1 + {ft}k frames: {_nearest_valid(frames, ft)}")
+        for name, n in (("height", height), ("width", width)):
+            if n < fs or n % fs:
+                lower = n // fs * fs
+                options = " or ".join(str(v) for v in (lower, lower + fs) if v >= fs)
+                raise ValueError(f"{name} {n} is not divisible by the spatial factor fs={fs}; use {options}")
+
+    def _check_video(self, video: torch.Tensor) -> torch.Tensor:
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"video must be a torch.Tensor [B, 3, T, H, W], got {type(video).__name__}")
+        if video.dtype == torch.uint8:
+            raise TypeError("got a uint8 video; convert to float in [-1, 1] first: video.float() / 127.5 - 1 "
+                            "(and permute [T, H, W, 3] frames to [B, 3, T, H, W])")
+        if not video.is_floating_point():
+            raise TypeError(f"video must be a float tensor in [-1, 1], got dtype {video.dtype}")
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"video must be [B, 3, T, H, W] (use video[None] for one clip, "
+                             f"video[:, :, None] for images); got shape {tuple(video.shape)}")
+        self._check_size(*video.shape[2:])
+        lo, hi = video.min().item(), video.max().item()
+        if lo < -1.05 or hi > 1.05:  # small overshoot from resizing filters is fine
+            raise ValueError(f"video values must lie in [-1, 1]; got min {lo:.3g}, max {hi:.3g} "
+                             f"(for [0, 1] input use x * 2 - 1, for [0, 255] use x / 127.5 - 1)")
+        return video.to(self.encoder.conv_in.conv.weight.dtype)
+
+    def _check_latents(self, z: torch.Tensor) -> torch.Tensor:
+        c = self.config.latent_channels
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise TypeError(f"latents must be a float torch.Tensor [B, {c}, T', H', W']")
+        if z.ndim != 5 or z.shape[1] != c:
+            raise ValueError(f"latents must be [B, {c}, T', H', W']; got shape {tuple(z.shape)}")
+        return z.to(self.decoder.conv_in.conv.weight.dtype)
+
+    # ----- encode / decode -----
+    def encode(self, video: torch.Tensor) -> LatentDist:
+        """`[B, 3, T, H, W]` float in [-1, 1], `T = 1 + ft k`, H and W divisible by fs
+        -> `LatentDist` over `[B, C, 1 + (T-1)/ft, H/fs, W/fs]`."""
+        video = self._check_video(video)
+        if self.tiling is None:
+            return LatentDist(self.encoder(video))
+        t = self.tiling
+        return LatentDist(self._tiled(video, self.encoder, t["tile_size"], t["overlap"], t["tile_frames"],
+                                      scale=1.0 / self.config.fs, out_channels=2 * self.config.latent_channels))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """`[B, C, T', H', W']` -> `[B, 3, 1 + (T'-1) ft, H' fs, W' fs]` (roughly in [-1, 1], not clamped)."""
+        z = self._check_latents(z)
+        if self.tiling is None:
+            return self.decoder(z)
+        t, fs = self.tiling, self.config.fs
+        tile = None if t["tile_size"] is None else t["tile_size"] // fs
+        return self._tiled(z, self.decoder, tile, t["overlap"] // fs, t["tile_frames"] // self.config.ft,
+                           scale=float(fs), out_channels=3)
+
+    def forward(self, video: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, LatentDist]:
+        """Reconstruct: returns `(recon [B, 3, T, H, W], posterior)`; `sample=False` decodes the mean."""
+        dist = self.encode(video)
+        return self.decode(dist.sample(generator) if sample else dist.mode()), dist
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> roughly unit-variance per channel (what the DiT sees)."""
+        return (z - self.latent_mean) / self.latent_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std + self.latent_mean
+
+    def set_latent_stats(self, mean: list[float], std: list[float]) -> None:
+        """Store per-channel latent statistics (e.g. from `measure_latent_stats`) in config and buffers."""
+        c = self.config.latent_channels
+        if len(mean) != c or len(std) != c or min(std) <= 0:
+            raise ValueError(f"need {c} means and {c} positive stds, got {len(mean)} and {len(std)}")
+        self.config.latent_mean, self.config.latent_std = [float(v) for v in mean], [float(v) for v in std]
+        self.latent_mean.copy_(torch.tensor(mean).view(1, -1, 1, 1, 1))
+        self.latent_std.copy_(torch.tensor(std).view(1, -1, 1, 1, 1))
+
+    # ----- tiling -----
+    def enable_tiling(self, tile_frames: int = 16, tile_size: int | None = 256, overlap: int = 64) -> None:
+        """Process videos in time chunks of `tile_frames` frames and spatial tiles of
+        `tile_size` pixels overlapping by `overlap` (None = no spatial tiling).
+
+        Time chunks are exact (causal conv caches); spatial tiles are blended
+        linearly over the overlap. Memory then scales with one chunk of one tile.
+        """
+        ft, fs = self.config.ft, self.config.fs
+        if tile_frames < ft or tile_frames % ft:
+            raise ValueError(f"tile_frames must be a positive multiple of ft={ft}, got {tile_frames}")
+        if tile_size is not None:
+            if tile_size < 2 * fs or tile_size % fs or overlap % fs:
+                raise ValueError(f"tile_size ({tile_size}) and overlap ({overlap}) must be multiples of fs={fs}, "
+                                 f"tile_size at least {2 * fs}")
+            if not 0 <= overlap <= tile_size // 2:
+                raise ValueError(f"overlap must be in [0, tile_size / 2]; got {overlap} with tile_size {tile_size}")
+        self.tiling = {"tile_frames": tile_frames, "tile_size": tile_size, "overlap": overlap}
+
+    def disable_tiling(self) -> None:
+        self.tiling = None
+
+    def _stream(self, net: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Run `net` over time chunks (frame 0 alone, then `chunk` frames) with causal caches."""
+        set_streaming(net, True)
+        try:
+            bounds = [0, 1] + list(range(1 + chunk, x.shape[2], chunk)) + [x.shape[2]]
+            outs = [net(x[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        finally:
+            set_streaming(net, False)
+        return torch.cat(outs, dim=2)  # (B, C_out, T_out, H_out, W_out)
+
+    def _tiled(self, x: torch.Tensor, net: nn.Module, tile: int | None, overlap: int, chunk: int,
+               scale: float, out_channels: int) -> torch.Tensor:
+        """Stream `net` over spatial tiles of `x`, blending outputs (sizes scaled by `scale`) in the overlaps."""
+        H, W = x.shape[3:]
+        if tile is None:
+            return self._stream(net, x, chunk)
+        out = None
+        weight = x.new_zeros(round(H * scale), round(W * scale))
+        for y0, y1 in _tile_spans(H, tile, overlap):
+            for x0, x1 in _tile_spans(W, tile, overlap):
+                y = self._stream(net, x[:, :, :, y0:y1, x0:x1], chunk)  # (B, C_out, T_out, h, w)
+                if out is None:
+                    out = y.new_zeros(y.shape[0], out_channels, y.shape[2], *weight.shape)
+                o = round(overlap * scale)
+                ys, xs = slice(round(y0 * scale), round(y1 * scale)), slice(round(x0 * scale), round(x1 * scale))
+                w = (_ramp(y.shape[3], o, y0 == 0, y1 == H)[:, None] * _ramp(y.shape[4], o, x0 == 0, x1 == W)[None])
+                w = w.to(y)
+                out[:, :, :, ys, xs] += y * w
+                weight[ys, xs] += w
+        return out.div_(weight)  # in place: the output can be GBs
+
+    # ----- saving -----
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write `config.json` + `model.safetensors` to `directory` (optionally cast, e.g. bfloat16)."""
+        save_component(directory, self.config, self.state_dict(), dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "VideoVAE":
+        config, state = load_component(directory, VAEConfig)
+        vae = cls(config)
+        vae.load_state_dict({k: v.float() for k, v in state.items()})
+        return vae.to(device).eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@torch.no_grad()
+def measure_latent_stats(vae: VideoVAE, videos: Iterable[torch.Tensor],
+                         sample: bool = False) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the (unnormalised) latents of `videos`.
+
+    `videos`: iterable of `[B, 3, T, H, W]` or `[3, T, H, W]` float tensors in
+    [-1, 1]. Uses the posterior mean (or a sample with `sample=True`). Put the
+    result in `config.latent_mean/latent_std` so `vae.normalize` yields unit variance.
+    """
+    device = next(vae.parameters()).device
+    total, s1, s2 = 0, None, None
+    for video in videos:
+        video = video[None] if video.ndim == 4 else video
+        dist = vae.encode(video.to(device))
+        z = (dist.sample() if sample else dist.mode()).double().transpose(0, 1).flatten(1)  # (C, N)
+        s1 = z.sum(1) if s1 is None else s1 + z.sum(1)
+        s2 = z.pow(2).sum(1) if s2 is None else s2 + z.pow(2).sum(1)
+        total += z.shape[1]
+    if total == 0:
+        raise ValueError("measure_latent_stats got no videos")
+    mean = s1 / total
+    std = (s2 / total - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()

@@ -1,0 +1,289 @@
+"""Building blocks of the causal 3D video VAE: causal convolutions, residual
+blocks, down/upsampling in space and time, and the encoder/decoder stacks.
+
+Causality: every convolution pads only the past in time (kt-1 copies of the
+first frame before, nothing after), so output frame t never sees input frames
+after t. Normalisation never mixes frames either (per-frame GroupNorm or a
+per-position channel RMSNorm). Together this lets a long video be run in time
+chunks with each conv keeping the frames it still needs ("streaming"), which
+gives exactly the same result as one pass, using memory for one chunk only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def _triple(v: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(v)
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d padded causally in time and symmetrically in space.
+
+    Input `[B, Cin, T, H, W]` -> output `[B, Cout, T_out, H_out, W_out]` with
+    `T_out = (T - 1) // st + 1` (one output per `st` frames, the first frame
+    on its own). Time is padded with `kt - 1` copies of the first frame
+    (replicate) so a still image looks like a static video to every layer.
+
+    In streaming mode (`start_stream()`), consecutive calls are treated as
+    chunks of one long video: the frames a later output still needs are kept
+    in `self.cache`, and only the very first chunk is padded.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int, int] = 3,
+                 stride: int | tuple[int, int, int] = 1) -> None:
+        super().__init__()
+        self.kernel, self.stride = _triple(kernel), _triple(stride)
+        kt, kh, kw = self.kernel
+        self.time_pad = kt - 1
+        # Spatial "same" padding (odd kernels); done inside the conv.
+        self.conv = nn.Conv3d(cin, cout, self.kernel, self.stride, padding=(0, kh // 2, kw // 2))
+        self.streaming = False
+        self.cache: torch.Tensor | None = None
+
+    def start_stream(self) -> None:
+        self.streaming, self.cache = True, None
+
+    def stop_stream(self) -> None:
+        self.streaming, self.cache = False, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.streaming and self.cache is not None:
+            x = torch.cat([self.cache, x], dim=2)  # (B, C, cached + T, H, W)
+        elif self.time_pad > 0:
+            first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
+            x = torch.cat([first, x], dim=2)  # (B, C, kt - 1 + T, H, W)
+        kt, st = self.kernel[0], self.stride[0]
+        n_out = (x.shape[2] - kt) // st + 1 if x.shape[2] >= kt else 0
+        if self.streaming:
+            # Keep every frame from the first window not yet computed onwards.
+            self.cache = x[:, :, n_out * st:].detach()
+        if n_out == 0:
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0, *self._spatial_out(x))
+        return self.conv(x[:, :, : (n_out - 1) * st + kt])
+
+    def _spatial_out(self, x: torch.Tensor) -> tuple[int, int]:
+        (_, kh, kw), (_, sh, sw) = self.kernel, self.stride
+        return ((x.shape[3] + 2 * (kh // 2) - kh) // sh + 1, (x.shape[4] + 2 * (kw // 2) - kw) // sw + 1)
+
+
+class Norm(nn.Module):
+    """Normalisation that never mixes frames.
+
+    "group": GroupNorm over (channels in group, H, W) of each frame separately.
+    "rms": RMSNorm over channels at each position (as in the Wan VAE); it mixes
+    no positions at all, so spatial tiles see exactly the statistics of the
+    full frame and tiled decoding has no tone seams.
+    """
+
+    def __init__(self, channels: int, kind: str) -> None:
+        super().__init__()
+        if kind not in ("group", "rms"):
+            raise ValueError(f"norm must be 'group' or 'rms', got {kind!r}")
+        self.kind = kind
+        if kind == "group":
+            groups = math.gcd(32, channels)  # 32 groups when possible, fewer for narrow layers
+            self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        else:
+            self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "group":
+            b = x.shape[0]
+            x = rearrange(x, "b c t h w -> (b t) c h w")
+            x = self.norm(x)
+            return rearrange(x, "(b t) c h w -> b c t h w", b=b)
+        scale = torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-6)  # (B, 1, T, H, W)
+        return x * scale * self.weight.view(1, -1, 1, 1, 1)
+
+
+class ResBlock3d(nn.Module):
+    """Norm -> SiLU -> CausalConv3d, twice, plus a (1x1x1 projected) skip. Shape-preserving in T, H, W."""
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = Norm(cin, norm), CausalConv3d(cin, cout, 3)
+        self.norm2, self.conv2 = Norm(cout, norm), CausalConv3d(cout, cout, 3)
+        self.skip = CausalConv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve H and W (strided 3x3 conv per frame) and/or time.
+
+    Time: a causal conv with kernel 3 and stride 2: `T -> 1 + (T - 1) / 2`;
+    output 0 sees only frame 0 (padding copies it), output i sees frames 2i-2..2i.
+    """
+
+    def __init__(self, channels: int, spatial: bool, temporal: bool) -> None:
+        super().__init__()
+        self.spatial = CausalConv3d(channels, channels, (1, 3, 3), (1, 2, 2)) if spatial else None
+        self.temporal = CausalConv3d(channels, channels, (3, 1, 1), (2, 1, 1)) if temporal else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spatial is not None:
+            x = self.spatial(x)  # (B, C, T, H/2, W/2)
+        if self.temporal is not None:
+            x = self.temporal(x)  # (B, C, 1 + (T-1)/2, H', W')
+        return x
+
+
+class Upsample(nn.Module):
+    """Double H and W (nearest + 3x3 conv) and/or time (`T -> 1 + 2 (T - 1)`).
+
+    Time: a causal conv makes two sub-frames per frame in its channels, which
+    become frames (depth-to-time); the first sub-frame of latent frame 0 is
+    dropped because frame 0 stands for a single frame. In streaming mode only
+    the first chunk drops it.
+    """
+
+    def __init__(self, channels: int, spatial: bool, temporal: bool) -> None:
+        super().__init__()
+        self.temporal = CausalConv3d(channels, 2 * channels, (3, 1, 1)) if temporal else None
+        self.spatial = CausalConv3d(channels, channels, (1, 3, 3)) if spatial else None
+        self.streaming, self.started = False, False
+
+    def start_stream(self) -> None:
+        self.streaming, self.started = True, False
+
+    def stop_stream(self) -> None:
+        self.streaming, self.started = False, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.temporal is not None and x.shape[2] > 0:
+            x = rearrange(self.temporal(x), "b (r c) t h w -> b c (t r) h w", r=2)  # (B, C, 2T, H, W)
+            if not (self.streaming and self.started):
+                x = x[:, :, 1:]  # (B, C, 2T - 1, H, W)
+            self.started = True
+        if self.spatial is None:
+            return x
+        b = x.shape[0]
+        x = rearrange(x, "b c t h w -> (b t) c h w")
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B*T, C, 2H, 2W)
+        x = rearrange(x, "(b t) c h w -> b c t h w", b=b)
+        return self.spatial(x)
+
+
+class Encoder(nn.Module):
+    """Pixels `[B, 3, T, H, W]` -> Gaussian parameters `[B, 2C, 1 + (T-1)/ft, H/fs, W/fs]`.
+
+    `patch` x `patch` pixel blocks are first folded into channels (space-to-depth,
+    cheap at full resolution), then one level per entry of `mults` with
+    `num_res_blocks` residual blocks; every level but the last ends by halving
+    H and W, and the last `log2(ft)` levels end by halving time (at the lowest
+    resolutions, where it is cheapest).
+    """
+
+    def __init__(self, latent_channels: int, base: int, mults: tuple[int, ...], num_res_blocks: int,
+                 temporal_downs: int, patch: int, norm: str) -> None:
+        super().__init__()
+        self.patch = patch
+        widths = [base * m for m in mults]
+        self.conv_in = CausalConv3d(3 * patch * patch, widths[0], 3)
+        n = len(mults)
+        levels, cin = [], widths[0]
+        for i, width in enumerate(widths):
+            blocks: list[nn.Module] = []
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock3d(cin, width, norm))
+                cin = width
+            if i < n - 1 or i >= n - temporal_downs:
+                blocks.append(Downsample(width, spatial=i < n - 1, temporal=i >= n - temporal_downs))
+            levels.append(nn.Sequential(*blocks))
+        self.levels = nn.Sequential(*levels)
+        self.mid = nn.Sequential(ResBlock3d(cin, cin, norm), ResBlock3d(cin, cin, norm))
+        self.norm_out = Norm(cin, norm)
+        self.conv_out = CausalConv3d(cin, 2 * latent_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch
+        x = rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=p, q=p)  # (B, 3 p^2, T, H/p, W/p)
+        x = self.mid(self.levels(self.conv_in(x)))  # (B, W_top, T', H', W')
+        return self.conv_out(F.silu(self.norm_out(x)))  # (B, 2C, T', H', W')
+
+
+class Decoder(nn.Module):
+    """Latents `[B, C, T', H', W']` -> pixels `[B, 3, 1 + (T'-1) ft, H' fs, W' fs]`; mirrors `Encoder`."""
+
+    def __init__(self, latent_channels: int, base: int, mults: tuple[int, ...], num_res_blocks: int,
+                 temporal_downs: int, patch: int, norm: str) -> None:
+        super().__init__()
+        self.patch = patch
+        widths = [base * m for m in mults]
+        cin = widths[-1]
+        self.conv_in = CausalConv3d(latent_channels, cin, 3)
+        self.mid = nn.Sequential(ResBlock3d(cin, cin, norm), ResBlock3d(cin, cin, norm))
+        n = len(mults)
+        levels = []
+        for j, width in enumerate(reversed(widths)):
+            # Level j starts by undoing the downsampling that ended encoder level n-1-j (exact mirror),
+            # so every decoder level runs at the frame count and size of its encoder twin.
+            blocks: list[nn.Module] = []
+            if j > 0 or j < temporal_downs:
+                blocks.append(Upsample(cin, spatial=j > 0, temporal=j < temporal_downs))
+            for _ in range(num_res_blocks + 1):  # one more block than the encoder, as in SD/Wan decoders
+                blocks.append(ResBlock3d(cin, width, norm))
+                cin = width
+            levels.append(nn.Sequential(*blocks))
+        self.levels = nn.Sequential(*levels)
+        self.norm_out = Norm(cin, norm)
+        self.conv_out = CausalConv3d(cin, 3 * patch * patch, 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.levels(self.mid(self.conv_in(z)))  # (B, W_0, T, H/p, W/p)
+        x = self.conv_out(F.silu(self.norm_out(x)))  # (B, 3 p^2, T, H/p, W/p)
+        p = self.patch
+        return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=p, q=p)  # (B, 3, T, H, W)
+
+
+def initialize_weights(module: nn.Module) -> None:
+    """Explicit initialisation of an Encoder/Decoder (call once after building).
+
+    - every conv: PyTorch's default Kaiming-uniform, bias 0;
+    - the second conv of each residual block: zero, so each block starts as
+      the identity and a deep stack trains stably from step 0;
+    - temporal downsampling: the mean of its 3-frame window, temporal
+      upsampling: both sub-frames copy their frame, so the untrained
+      time path starts as plain frame averaging / repetition;
+    - the encoder's log-variance bias: -4 (posterior std 0.14), so early
+      latents are not drowned in sampling noise (trains ~2x faster early on).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d):
+            m.reset_parameters()
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, ResBlock3d):
+            nn.init.zeros_(m.conv2.conv.weight)
+        elif isinstance(m, Downsample) and m.temporal is not None:
+            w = m.temporal.conv.weight  # (C, C, 3, 1, 1)
+            with torch.no_grad():
+                w.zero_()
+                w[:, :, :, 0, 0] += torch.eye(w.shape[0]).unsqueeze(-1) / 3.0
+        elif isinstance(m, Encoder):
+            with torch.no_grad():
+                m.conv_out.conv.bias[m.conv_out.conv.out_channels // 2:] = -4.0
+        elif isinstance(m, Upsample) and m.temporal is not None:
+            w = m.temporal.conv.weight  # (2C, C, 3, 1, 1); last tap = current frame
+            c = w.shape[1]
+            with torch.no_grad():
+                w.zero_()
+                w[:c, :, 2, 0, 0] = torch.eye(c)
+                w[c:, :, 2, 0, 0] = torch.eye(c)
+
+
+def set_streaming(module: nn.Module, on: bool) -> None:
+    """Switch every causal conv / upsampler in `module` to (fresh) streaming or back to one-pass mode."""
+    for m in module.modules():
+        if isinstance(m, (CausalConv3d, Upsample)):
+            m.start_stream() if on else m.stop_stream()

@@ -1,0 +1,233 @@
+"""What one training step computes, per stage; the loop itself is in train.py.
+
+A stage owns its models and turns a batch of clips into a loss:
+
+    DiTStage   frozen VAE -> latents, frozen text encoder -> states, random task masks,
+               pack (NaViT) -> flow-matching loss on the generated tokens
+    VAEStage   encode -> sample -> decode -> L1 + SSIM + KL (+ a late adversarial term)
+
+Everything random in a micro-batch comes from `rng`/`gen`, which the loop seeds
+from (seed, step, micro-batch, rank): that is what makes resume exact and makes
+2 processes equal 1 process with 2 accumulation steps.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from patchflow.config import Config, build_dit_config, build_vae_config
+from patchflow.dit import DiT
+from patchflow.flow import flow_loss, interpolate, sample_timesteps, velocity_target
+from patchflow.patches import pack, pad_batch
+from patchflow.prompts import choose_caption, drop_caption
+from patchflow.text import TextEmbeddingCache, TextEncoder, load_text_encoder
+from patchflow.vae import VideoVAE
+from patchflow.vae_loss import VAELoss
+
+
+def load_vae(section: dict, device: torch.device) -> VideoVAE:
+    """The [vae] table's model: a trained folder (`path`) or a freshly initialised preset."""
+    if section.get("path"):
+        return VideoVAE.from_pretrained(section["path"]).to(device)
+    return VideoVAE(build_vae_config(section)).to(device)
+
+
+def _by_shape(videos: list[torch.Tensor]) -> dict[tuple, list[int]]:
+    """Indices of same-shape clips, so each shape runs as one batch."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, v in enumerate(videos):
+        groups[tuple(v.shape)].append(i)
+    return groups
+
+
+class DiTStage:
+    name = "dit"
+
+    def __init__(self, config: Config, device: torch.device):
+        self.config, self.device = config, device
+        self.vae = load_vae(config.vae, device).eval().requires_grad_(False)
+        self.text_encoder: TextEncoder = load_text_encoder(config.text["encoder"], device).eval()
+        self.text_encoder.requires_grad_(False)
+        self.text = TextEmbeddingCache(Path(config.data.cache) / "text", self.text_encoder) \
+            if config.data.cache else self.text_encoder
+        self.model = DiT(build_dit_config(config.dit, self.vae.config.latent_channels, self.text_encoder.dim))
+        self.tasks = {k: float(v) for k, v in vars(config.tasks).items()}
+        if not self.config.vae.get("path"):
+            print("note: [vae] has no trained `path`; the DiT learns the latents of an untrained VAE "
+                  "(fine for tests, useless for real samples)")
+
+    @torch.no_grad()
+    def latents(self, videos: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
+        """Normalised VAE latents [C, T', H', W'] per clip (a posterior sample, as in SD/Wan)."""
+        out: list[torch.Tensor | None] = [None] * len(videos)
+        for idx in _by_shape(videos).values():
+            x = torch.stack([videos[i] for i in idx]).to(self.device)  # (n, 3, T, H, W)
+            dist = self.vae.encode(x)
+            noise = torch.randn(dist.mean.shape, generator=gen).to(self.device)
+            z = self.vae.normalize(dist.mean + dist.std * noise)
+            for j, i in enumerate(idx):
+                out[i] = z[j]
+        return out
+
+    def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
+                   gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
+        from patchflow.tasks import sample_task
+
+        c, d = self.config, self.config.data
+        captions = [drop_caption(choose_caption(caps, rng, d.caption_styles), d.caption_dropout, rng)
+                    for caps in batch["captions"]]
+        latents = self.latents(batch["video"], gen) if "video" in batch else [
+            self.vae.normalize((mean + std * torch.randn(mean.shape, generator=gen))[None].to(self.device))[0]
+            for mean, std in batch["latent"]]  # from `patchflow cache`: a fresh posterior sample each time
+        tasks, cond_frames = zip(*(sample_task(z.shape[1], self.tasks, rng, self.model.config.patch_size[0])
+                                    for z in latents))
+        if c.train.packing == "pack":
+            packed = pack(latents, self.model.config.patch_size, c.train.token_budget or None,
+                          list(cond_frames), c.train.token_drop or None, gen)
+        else:
+            packed = pad_batch(latents, self.model.config.patch_size, list(cond_frames),
+                               c.train.token_drop or None, gen)
+        packed = packed.to(self.device)
+        text, text_mask = self.text.encode(captions)
+        lengths = torch.bincount(packed.sample_ids[packed.sample_ids >= 0].cpu(), minlength=len(latents))
+        t = sample_timesteps(len(latents), c.flow, num_tokens=lengths, generator=gen)  # (B,)
+        t_tok = packed.per_token(t) * ~packed.cond_mask  # (R, S): clean condition tokens have t = 0
+        noise = torch.randn(packed.tokens.shape, generator=gen).to(self.device)  # (R, S, D)
+        x_t = interpolate(packed.tokens, noise, t_tok)
+        pred = model(x_t, t_tok, packed.coords, packed.sample_ids, text.to(self.device), text_mask.to(self.device))
+        loss, per_sample = flow_loss(pred, velocity_target(packed.tokens, noise), packed.loss_mask,
+                                     c.flow.loss_weighting, packed.sample_ids)
+        logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
+                "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean())}
+        return loss, logs, int(packed.loss_mask.sum())
+
+    def pipeline(self, model_state: dict):
+        """A VideoPipeline around a copy of the transformer holding `model_state` (e.g. the EMA)."""
+        from patchflow.pipeline import VideoPipeline
+
+        transformer = DiT(self.model.config).to(self.device)
+        transformer.load_state_dict(model_state)
+        return VideoPipeline(transformer.eval(), self.vae, self.text_encoder, flow_config=self.config.flow,
+                             text_encoder_spec=self.config.text["encoder"])
+
+    def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
+        """Write a pipeline folder (see pipeline.py) with the given transformer weights."""
+        self.pipeline(model_state).save_pretrained(final, dtype=dtype)
+
+    def write_samples(self, directory: Path, model_state: dict | None, config: Config) -> None:
+        """Videos of the config's sample prompts (mp4 each) and one contact sheet (png)."""
+        from patchflow.data.io import write_video
+
+        state = model_state or {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        pipe = self.pipeline(state)
+        h, w = config.data.sizes[0]
+        frames = max(config.data.frames)
+        prompts = list(config.train.sample_prompts)
+        videos = pipe(prompts, num_frames=frames, height=h, width=w, seed=0,
+                      num_inference_steps=config.train.sample_steps, progress=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        for i, video in enumerate(videos):
+            write_video(video, directory / f"sample_{i}.mp4")
+        _contact_sheet(list(videos), prompts, directory / "contact_sheet.png")
+
+
+class VAEStage:
+    name = "vae"
+
+    def __init__(self, config: Config, device: torch.device):
+        self.config, self.device = config, device
+        self.model = load_vae(config.vae, device)
+        self.loss_fn = VAELoss(config.vae_loss).to(device)
+        self.disc_opt = None
+        if self.loss_fn.discriminator is not None:
+            self.disc_opt = torch.optim.AdamW(self.loss_fn.discriminator.parameters(), lr=config.train.lr,
+                                              betas=tuple(config.train.betas), weight_decay=0.0)
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
+                   gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
+        videos = batch["video"]
+        last_layer = self.model.decoder.conv_out.conv.weight
+        total, logs, pixels = 0.0, defaultdict(float), 0
+        self._pairs = []
+        for idx in _by_shape(videos).values():
+            x = torch.stack([videos[i] for i in idx]).to(self.device)  # (n, 3, T, H, W)
+            # Through the (DDP) wrapper so gradients sync; the posterior sample draws from a
+            # device generator seeded by the step's generator.
+            sample_gen = torch.Generator(self.device).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+            recon, dist = model(x, sample=True, generator=sample_gen)
+            loss, parts = self.loss_fn(x, recon, dist, step, last_layer)
+            share = len(idx) / len(videos)
+            total = total + share * loss
+            for k, v in parts.items():
+                logs[k] += share * v
+            pixels += x[:, 0].numel()
+            self._pairs.append((x, recon.detach()))
+        return total, dict(logs), pixels
+
+    def after_step(self, step: int) -> dict:
+        """The discriminator's own update, once the adversarial term is on."""
+        if self.disc_opt is None or not self.loss_fn.adversarial_active(step):
+            return {}
+        self.disc_opt.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for x, recon in self._pairs:
+            loss, logs = self.loss_fn.discriminator_loss(x, recon)
+            (loss / len(self._pairs)).backward()
+        self.disc_opt.step()
+        return logs
+
+    def extra_state(self) -> dict:
+        if self.disc_opt is None:
+            return {}
+        return {"disc": self.loss_fn.discriminator.state_dict(), "disc_opt": self.disc_opt.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.disc_opt is not None and "disc" in state:
+            self.loss_fn.discriminator.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_opt"])
+
+    def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
+        vae = VideoVAE(self.model.config)
+        vae.load_state_dict(model_state)
+        vae.save_pretrained(final / "vae", dtype=dtype)
+
+    @torch.no_grad()
+    def write_samples(self, directory: Path, model_state: dict | None, config: Config) -> None:
+        """Reconstructions of fixed Shapes World clips: input above, output below."""
+        from patchflow.data.datasets import ShapesDataset, to_user_video
+        from patchflow.data.io import write_video
+
+        vae = VideoVAE(self.model.config).to(self.device).eval()
+        vae.load_state_dict(model_state or self.model.state_dict())
+        h, w = (int(v) for v in config.data.sizes[0])
+        frames = max(int(f) for f in config.data.frames)
+        clips = [ShapesDataset(4, [(h, w)], [frames], split="all", seed=123)[i]["video"] for i in range(4)]
+        x = torch.stack(clips).to(self.device)  # (4, 3, T, H, W)
+        recon = vae(x, sample=False)[0].clamp(-1, 1)
+        pairs = [to_user_video(torch.cat([a, b], dim=2)) for a, b in zip(x, recon)]  # stacked on height
+        directory.mkdir(parents=True, exist_ok=True)
+        for i, video in enumerate(pairs):
+            write_video(video, directory / f"recon_{i}.mp4")
+        _contact_sheet(pairs, [f"clip {i}: input / reconstruction" for i in range(4)],
+                       directory / "contact_sheet.png")
+
+
+def _contact_sheet(videos: list, captions: list[str], path: Path, columns: int = 4) -> None:
+    """One PNG: rows of up to 4 evenly spaced frames per video, each row captioned."""
+    import numpy as np
+    from PIL import Image
+
+    from patchflow.data.grid import video_grid
+
+    strips = []
+    for video in videos:
+        picks = np.linspace(0, len(video) - 1, min(columns, len(video))).round().astype(int)
+        strips.append(np.concatenate([video[i] for i in picks], axis=1)[None])  # (1, H, k*W, 3)
+    sheet = video_grid(strips, captions, cols=1)[0]
+    Image.fromarray(sheet).save(path)

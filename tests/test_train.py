@@ -1,0 +1,131 @@
+"""The training system on tiny configs: DiT and VAE stages, exact resume, DDP == accumulation,
+bad data skipped, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from patchflow import checkpoint as ckpt_module
+from patchflow.config import load_config
+from patchflow.data.io import write_video
+from patchflow.data.shapes import render
+from patchflow.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.toml"
+FAST = ["train.log_every=1", "train.ema_decay=0.9", "data.sizes=[[32, 32], [32, 48]]", "data.frames=[1, 5]"]
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_dit_trains_and_loads(tmp_path):
+    from patchflow.pipeline import VideoPipeline
+
+    final = train("dit", load_config(TINY, [*FAST, "train.steps=4", "train.sample_steps=2"]), tmp_path / "run",
+                  progress=False)
+    assert (final / "model_index.json").is_file()
+    assert (tmp_path / "run" / "samples" / "final" / "contact_sheet.png").is_file()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 and "mfu" in r for r in log)
+    pipe = VideoPipeline.from_pretrained(tmp_path / "run")
+    video = pipe("a small red circle moving right on a black background", num_frames=5, height=32, width=32,
+                 num_inference_steps=2, progress=False)
+    assert video.shape == (5, 32, 32, 3) and video.dtype == np.uint8
+
+
+def test_exact_resume(tmp_path, monkeypatch):
+    sets = [*FAST, "train.steps=6", "train.checkpoint_every=3", "train.keep_checkpoints=5"]
+    train("dit", load_config(TINY, sets), tmp_path / "straight", progress=False)
+
+    real_save = ckpt_module.save_checkpoint
+
+    def crash_after_first(directory, step, *args, **kwargs):
+        path = real_save(directory, step, *args, **kwargs)
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill right after the step-3 checkpoint")
+        return path
+
+    monkeypatch.setattr("patchflow.train.save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train("dit", load_config(TINY, sets), tmp_path / "resumed", progress=False)
+    monkeypatch.setattr("patchflow.train.save_checkpoint", real_save)
+    with pytest.raises(ValueError, match="--resume"):  # never silently overwrite a run
+        train("dit", load_config(TINY, sets), tmp_path / "resumed", progress=False)
+    train("dit", load_config(TINY, sets), tmp_path / "resumed", resume=True, progress=False)
+
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    a = load_file(tmp_path / "straight" / "final" / "transformer" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "transformer" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun gloo test runs on Linux CI")
+def test_ddp_two_processes_equals_accumulation(tmp_path):
+    common = [*FAST, "train.steps=3", "train.batch_size=2", "train.warmup=1"]
+    train("dit", load_config(TINY, [*common, "train.grad_accum=2"]), tmp_path / "accum", progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "patchflow.cli", "train", "dit", "--config", str(TINY), "--out", str(tmp_path / "ddp"), "--quiet"]
+    for s in common:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(losses(tmp_path / "ddp"), losses(tmp_path / "accum"), rtol=1e-4, atol=1e-5)
+
+
+def test_vae_stage(tmp_path):
+    final = train("vae", load_config(TINY, [*FAST, "train.steps=3"]), tmp_path / "vae", progress=False)
+    assert (final / "vae" / "config.json").is_file()
+    assert (tmp_path / "vae" / "samples" / "final" / "contact_sheet.png").is_file()
+
+
+def test_folder_dataset_skips_corrupt_files(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i, prompt in enumerate(["a small red circle moving right on a black background",
+                                "a large blue square moving up on a white background"]):
+        write_video(render(prompt, 32, 32, 9), data / f"clip{i}.gif")
+        rows.append({"file": f"clip{i}.gif", "caption": prompt})
+    (data / "broken.mp4").write_bytes(b"this is not a video")
+    rows.append({"file": "broken.mp4", "caption": "a broken file"})
+    (data / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sets = [*FAST, "train.steps=3", "data.dataset=\"folder\"", f"data.path=\"{data}\"", "data.frames=[1, 5, 9]"]
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        train("dit", load_config(TINY, sets), tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["skipped_items"] >= 1
+
+
+def test_config_errors_name_the_valid_keys(tmp_path):
+    with pytest.raises(ValueError, match="stepz.*valid keys.*steps"):
+        load_config(TINY, ["train.stepz=3"])
+    with pytest.raises(ValueError, match="unknown config section"):
+        load_config(TINY, ["training.steps=3"])
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        train("dit", load_config(TINY, ["data.frames=[8]"]), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_cache_then_train(tmp_path):
+    from patchflow.cache import build_cache
+
+    sets = [*FAST, "train.steps=2"]
+    build_cache(load_config(TINY, sets), tmp_path / "cache", items=6, progress=False)
+    assert len(list((tmp_path / "cache" / "latents").glob("*.safetensors"))) == 6
+    config = load_config(TINY, [*sets, f"data.cache=\"{tmp_path / 'cache'}\""])
+    train("dit", config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "final" / "model_index.json").is_file()
+    with pytest.raises(ValueError, match="other data"):
+        train("dit", load_config(TINY, [*sets, "data.frames=[5]", f"data.cache=\"{tmp_path / 'cache'}\""]),
+              tmp_path / "run2", progress=False)

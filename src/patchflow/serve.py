@@ -1,0 +1,308 @@
+"""`patchflow serve`: a web page and an HTTP API for generation, one model in one process.
+
+    patchflow serve                          # http://127.0.0.1:7860, the shipped model
+    patchflow serve --model runs/tiny --port 8000 --max-frames 33 --max-queue 4
+
+    curl -s localhost:7860/api/generate -H 'content-type: application/json' \
+         -d '{"prompt": "a red circle moving right", "seed": 0}' -o red.mp4
+
+Routes (docs/serve.md has the details):
+    GET  /                      the page (static/index.html, app.js, style.css)
+    GET  /api/health            model loaded, queue length, limits and the model's defaults
+    POST /api/generate          JSON or multipart -> video/mp4, once its turn came and it is made
+    POST /api/jobs              the same fields -> 202 {id, position}; the page polls:
+    GET  /api/jobs/{id}         {status, position, step, total_steps, ...}
+    GET  /api/jobs/{id}/video   video/mp4 of a finished job
+
+The model runs on one worker thread (serve_queue.JobQueue), so requests wait their turn; fields
+are checked before they may queue (serve_inputs.parse_generation). FastAPI and uvicorn are the
+`serve` extra and are imported only when the server starts, so `patchflow --help` stays light.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route functions' annotations
+# (`request: Request`) as real classes, and Request is imported inside create_app.
+import argparse
+import asyncio
+import ipaddress
+import sys
+import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from patchflow.serve_inputs import ApiError, Limits, parse_generation
+from patchflow.serve_queue import Job, JobQueue, QueueFull
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The only files the server hands out: a request names one of these keys, never a path.
+STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                "style.css": "text/css; charset=utf-8"}
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+POLL_SECONDS = 0.05  # how often a waiting /api/generate request looks at its job
+
+
+def encode_mp4(video, fps: float) -> bytes:
+    """uint8 [T, H, W, 3] -> mp4 bytes (H.264), written through a private temporary folder."""
+    from patchflow.data.io import write_video
+
+    with tempfile.TemporaryDirectory(prefix="patchflow-serve-") as tmp:
+        return write_video(video, Path(tmp) / "video.mp4", fps=fps).read_bytes()
+
+
+# ---------------------------------------------------------------- the app
+def create_app(pipe, limits: Limits | None = None, fps: float | None = None):
+    """A FastAPI app serving `pipe` (a VideoPipeline, loaded once) with one worker thread.
+
+    limits: what one request may ask (Limits defaults if None); fps: of the written mp4
+    (default: the model's `defaults["fps"]`).
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    limits = limits or Limits()
+    fps = float(fps or pipe.defaults["fps"])
+    static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+
+    def run(job: Job) -> bytes:
+        video = pipe(**job.params, callback_on_step_end=job.on_step, progress=False)  # (T, H, W, 3)
+        return encode_mp4(video, fps)
+
+    queue = JobQueue(run, max_queue=limits.max_queue, max_results=limits.max_results)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        queue.close()
+
+    app = FastAPI(title="patchflow", summary="Text-to-video generation", lifespan=lifespan)
+    app.state.queue, app.state.limits, app.state.pipe = queue, limits, pipe
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        headers = {"Retry-After": "5"} if exc.status == 429 else None
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+
+    async def submit(request: Request) -> Job:
+        """Read, check and queue one request (the shared front half of /api/generate and /api/jobs)."""
+        fields, form = await read_fields(request, limits.max_body_bytes)
+        gen = await run_in_threadpool(parse_generation, fields, pipe, limits, form)  # decoding is CPU work
+        try:
+            return queue.submit(gen.kwargs, gen.total_steps, gen.summary)
+        except QueueFull as e:
+            raise ApiError(429, "queue", str(e)) from None
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return Response(static["index.html"], media_type=STATIC_FILES["index.html"])
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str):
+        if name not in static:
+            raise ApiError(404, "name", f"no static file {name!r}")
+        return Response(static[name], media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/health")
+    async def health():
+        cfg, patch = pipe.vae.config, pipe.transformer.config.patch_size
+        return {"status": "ok", "model_loaded": True, "queue_length": queue.pending(),
+                "limits": asdict(limits), "fps": fps,
+                "defaults": {k: pipe.defaults[k] for k in ("num_frames", "height", "width", "guidance_scale")}
+                | {"steps": pipe.defaults["num_inference_steps"]},
+                "rules": {"frames_step": cfg.ft, "size_multiple": [cfg.fs * patch[1], cfg.fs * patch[2]]}}
+
+    @app.post("/api/generate", response_class=Response,
+              responses={200: {"content": {"video/mp4": {}}, "description": "the generated video"}})
+    async def generate(request: Request):
+        job = await submit(request)
+        try:
+            polls = 0
+            while not job.wait(0):  # ends: the worker finishes or fails every job it was given
+                await asyncio.sleep(POLL_SECONDS)
+                polls += 1
+                if polls % 20 == 0 and await request.is_disconnected():
+                    return Response(status_code=499)  # the client has gone: nobody reads this
+        finally:  # nobody will ask for this job again; if the client left while it waited, drop it
+            if not queue.cancel(job.id):
+                queue.forget(job.id)  # (a no-op while it still runs: it is evicted later)
+        if job.status != "done":
+            return JSONResponse({"error": job.error, "field": "request"}, status_code=500)
+        return Response(job.result, media_type="video/mp4", headers=_video_headers(job))
+
+    @app.post("/api/jobs", status_code=202)
+    async def create_job(request: Request):
+        job = await submit(request)
+        return {**queue.describe(job), "status_url": f"/api/jobs/{job.id}", "video_url": f"/api/jobs/{job.id}/video"}
+
+    @app.get("/api/jobs/{job_id}")
+    async def job_status(job_id: str):
+        return queue.describe(_job(queue, job_id))
+
+    @app.get("/api/jobs/{job_id}/video", response_class=Response,
+             responses={200: {"content": {"video/mp4": {}}, "description": "the finished job's video"}})
+    async def job_video(job_id: str):
+        job = _job(queue, job_id)
+        if job.status != "done":
+            raise ApiError(409, "id", f"job {job_id} is {job.status}" + (f": {job.error}" if job.error else ""))
+        return Response(job.result, media_type="video/mp4", headers=_video_headers(job))
+
+    return app
+
+
+def _job(queue: JobQueue, job_id: str) -> Job:
+    job = queue.get(job_id)
+    if job is None:
+        raise ApiError(404, "id", f"no job {job_id!r} (unknown, or an old result that was evicted)")
+    return job
+
+
+def _video_headers(job: Job) -> dict[str, str]:
+    return {"Content-Disposition": f'inline; filename="patchflow-{job.id[:8]}.mp4"', "X-Job-Id": job.id,
+            "X-Seed": str(job.summary.get("seed", "")), "Cache-Control": "no-store"}
+
+
+async def read_fields(request, max_bytes: int) -> tuple[dict[str, Any], bool]:
+    """The request's fields: (JSON object, False) or (form fields with file parts as bytes, True).
+
+    The body is read in chunks and refused (413) as soon as it passes `max_bytes`, whatever
+    Content-Length claims; file parts never reach a named file.
+    """
+    from starlette.requests import Request
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json" and kind not in FORM_TYPES:
+        raise ApiError(415, "content-type", f"content-type {kind or 'missing'!r}: send application/json or "
+                                            "multipart/form-data")
+    declared = request.headers.get("content-length", "")
+    too_big = ApiError(413, "body", f"the request body is over the server's limit of {max_bytes} bytes "
+                                    f"(--max-upload-mb)")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_big
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if kind == "application/json":
+        import json
+
+        try:
+            return json.loads(body), False
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, "body", f"the body is not valid JSON ({e})") from None
+
+    sent = False
+
+    async def replay() -> dict:  # hand the checked body to Starlette's form parser
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    fields: dict[str, Any] = {}
+    try:
+        async with Request(request.scope, replay).form(max_files=3, max_fields=32) as form:
+            for key, value in form.multi_items():
+                fields[key] = await value.read() if hasattr(value, "read") else value
+    except ApiError:
+        raise
+    except Exception as e:  # Starlette raises its own errors for malformed multipart bodies
+        raise ApiError(400, "body", f"the form cannot be parsed ({e})") from None
+    return fields, True
+
+
+# ---------------------------------------------------------------- running it
+@contextmanager
+def serve_in_background(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """Run `app` with uvicorn on a thread; yields its base URL (port 0 = a free port). For tests and notebooks."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="patchflow-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server did not start on {host}:{port} within {timeout:g}s")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `patchflow serve` options to `parser` (run it with `run_serve`)."""
+    d = Limits()
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                            "machine only; the API has no authentication)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--model", help="model folder or training run (default: the shipped model)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    limits = parser.add_argument_group("limits (larger requests are refused with 413, a full queue with 429)")
+    limits.add_argument("--max-frames", type=int, default=d.max_frames,
+                        help=f"frames per video (default {d.max_frames})")
+    limits.add_argument("--max-size", type=int, default=d.max_size,
+                        help=f"height and width in pixels (default {d.max_size})")
+    limits.add_argument("--max-steps", type=int, default=d.max_steps,
+                        help=f"sampler steps (default {d.max_steps})")
+    limits.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
+                        help=f"request body size, uploads included (default {d.max_upload_mb:g})")
+    limits.add_argument("--max-queue", type=int, default=d.max_queue,
+                        help=f"jobs waiting or running at once (default {d.max_queue})")
+    limits.add_argument("--max-results", type=int, default=d.max_results,
+                        help=f"finished videos kept in memory (default {d.max_results})")
+    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the model once and serve the page and API until interrupted (args from `add_serve_arguments`)."""
+    limits = Limits(max_frames=args.max_frames, max_size=args.max_size, max_steps=args.max_steps,
+                    max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, max_results=args.max_results)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401  (python-multipart, for form uploads)
+        import uvicorn
+    except ImportError as e:
+        raise ImportError(f"patchflow serve needs the serve extra ({e.name} is missing): "
+                          "pip install 'patchflow[serve]'") from None
+    import torch
+
+    from patchflow.pipeline import VideoPipeline
+
+    if not _is_loopback(args.host):
+        print(f"patchflow serve: warning: listening on {args.host}, reachable from other machines; the API has "
+              "no authentication", file=sys.stderr)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = VideoPipeline.from_pretrained(args.model, device=device)
+    d = pipe.defaults
+    over = [f"{k} {d[k]} > {v}" for k, v in (("num_frames", limits.max_frames), ("height", limits.max_size),
+                                             ("width", limits.max_size), ("num_inference_steps", limits.max_steps))
+            if d[k] > v]
+    if over:
+        print(f"patchflow serve: warning: the model's defaults are over the limits ({', '.join(over)}); "
+              "requests must set those fields", file=sys.stderr)
+    app = create_app(pipe, limits)
+    print(f"patchflow serve: model loaded on {device}; open http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

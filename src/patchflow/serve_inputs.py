@@ -1,0 +1,302 @@
+"""Checking what a `patchflow serve` request asks for, before it may join the queue.
+
+A request is a dict of fields (from JSON, or from a multipart form where every value is a string
+and media are file parts). `parse_generation` checks each field against its rule and the server's
+`Limits`, decodes media in memory (never a path: a request cannot name a file on this machine),
+resizes them to the requested size, and finally lets the pipeline's own `check_request` judge the
+whole task. Every refusal is an `ApiError` naming the field: 422 for a broken rule, 413 for a
+value over a limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# The pipeline's modules (and torch) are imported where they are used, so that building the
+# `patchflow serve` parser stays light.
+
+MAX_UPLOAD_SIDE = 4096   # pixels: larger uploads are refused before decoding (a small file can unpack huge)
+MAX_SEED = 2**32 - 1
+MAX_GUIDANCE = 30.0
+MEDIA_FIELDS = ("image", "video", "end_video")
+FIELDS = ("prompt", "negative_prompt", "num_frames", "height", "width", "steps", "guidance_scale", "seed",
+          "extend", "loop", "strength") + MEDIA_FIELDS
+
+
+@dataclass
+class Limits:
+    """What one request may ask of the server (`patchflow serve --max-...`); larger requests get 413/429."""
+
+    max_frames: int = 65           # frames per video (4 windows of the shipped model's 17)
+    max_size: int = 256            # pixels, for height and width each
+    max_steps: int = 50            # sampler steps
+    max_upload_mb: float = 16.0    # one request body, all uploads together (base64 counts as sent)
+    max_queue: int = 16            # unfinished jobs (waiting + running); more are refused with 429
+    max_results: int = 32          # finished videos kept in memory; the oldest are forgotten first
+    max_prompt_chars: int = 2000   # per prompt and negative prompt
+
+    def __post_init__(self):
+        for name in ("max_frames", "max_size", "max_steps", "max_queue", "max_results", "max_prompt_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb!r}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class ApiError(Exception):
+    """A refused request: HTTP `status`, the `field` at fault and a message naming the rule."""
+
+    def __init__(self, status: int, field: str, message: str):
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+    def to_json(self) -> dict[str, str]:
+        return {"error": self.message, "field": self.field}
+
+
+@dataclass
+class Generation:
+    """A checked request: the pipeline's keyword arguments, a JSON-safe summary and the step count."""
+
+    kwargs: dict[str, Any]      # for VideoPipeline.__call__ (media as uint8 arrays, never paths)
+    summary: dict[str, Any]     # what the status endpoint shows (no media)
+    total_steps: int            # sampler steps over all windows and the loop pass
+
+
+# ---------------------------------------------------------------- one field at a time
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError(422, field, f"{field}: {message}")
+
+
+def _text(value: Any, field: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise _bad(field, f"must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ApiError(413, field, f"{field}: {len(value)} characters, more than the server's limit of {limit}")
+    return value
+
+
+def _int(value: Any, field: str, form: bool) -> int:
+    """JSON ints as they are; form values from their decimal text."""
+    if form and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        return int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(field, f"must be an integer, got {value!r}")
+    return value
+
+
+def _float(value: Any, field: str, form: bool) -> float:
+    if form and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _bad(field, f"must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(field, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, field: str, form: bool) -> bool:
+    if form and isinstance(value, str) and value.lower() in ("true", "false", "on", "1", "0"):
+        return value.lower() in ("true", "on", "1")
+    if not isinstance(value, bool):
+        raise _bad(field, f"must be true or false, got {value!r}")
+    return value
+
+
+def _within(value: int, field: str, low: int, high: int, limit_name: str) -> int:
+    if value < low:
+        raise _bad(field, f"must be >= {low}, got {value}")
+    if value > high:
+        raise ApiError(413, field, f"{field}: {value} is over the server's limit of {high} ({limit_name})")
+    return value
+
+
+# ---------------------------------------------------------------- media, decoded in memory
+def _media_bytes(value: Any, field: str) -> bytes:
+    """Bytes of an uploaded file part, or of a base64 string (a data: URL prefix is allowed)."""
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.split(",", 1)[1] if value.startswith("data:") else value
+        text = "".join(text.split())  # base64 tools wrap lines
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad(field, "is not valid base64 (send the file's bytes base64-encoded)") from None
+    else:
+        raise _bad(field, f"must be a base64 string or a file upload, got {type(value).__name__}")
+    if not data:
+        raise _bad(field, "is empty")
+    return data
+
+
+def decode_image(data: bytes, field: str, height: int, width: int) -> np.ndarray:
+    """Image bytes (PNG, JPEG, WebP, ...) -> uint8 [height, width, 3] (scaled, centre-cropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from patchflow.data.io import resize_video
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if max(im.size) > MAX_UPLOAD_SIDE:
+                raise ApiError(413, field, f"{field}: {im.size[0]}x{im.size[1]} is larger than "
+                                           f"{MAX_UPLOAD_SIDE} pixels on a side")
+            pixels = np.array(im.convert("RGB"))  # a writable copy (torch warns on read-only arrays)
+    except Image.DecompressionBombError:
+        raise ApiError(413, field, f"{field}: larger than {MAX_UPLOAD_SIDE} pixels on a side") from None
+    except UnidentifiedImageError:
+        raise _bad(field, "cannot be decoded as an image (send PNG, JPEG, WebP, GIF or BMP bytes)") from None
+    except (OSError, ValueError) as e:  # a truncated or corrupt file of a known format
+        raise _bad(field, f"cannot be decoded as an image ({e})") from None
+    return resize_video(pixels[None], height, width)[0]  # (H, W, 3)
+
+
+def decode_video(data: bytes, field: str, height: int, width: int, max_frames: int) -> np.ndarray:
+    """Video bytes (mp4, webm, mov, gif, ...) -> uint8 [T, height, width, 3], frames at their own rate.
+
+    Each frame is resized as it is decoded, so memory stays max_frames small frames; a clip with
+    more than `max_frames` frames is refused (413) rather than cut silently.
+    """
+    import av
+
+    from patchflow.data.io import resize_video
+
+    frames = []
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise _bad(field, "holds no video stream")
+            stream = container.streams.video[0]
+            if max(stream.codec_context.width, stream.codec_context.height) > MAX_UPLOAD_SIDE:
+                raise ApiError(413, field, f"{field}: {stream.codec_context.width}x{stream.codec_context.height} "
+                                           f"is larger than {MAX_UPLOAD_SIDE} pixels on a side")
+            for frame in container.decode(stream):
+                if len(frames) == max_frames:
+                    raise ApiError(413, field, f"{field}: more than {max_frames} frames (the server's max_frames); "
+                                               f"send a shorter clip")
+                frames.append(resize_video(frame.to_ndarray(format="rgb24")[None], height, width)[0])
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise _bad(field, f"cannot be decoded as a video ({e})") from None
+    if not frames:
+        raise _bad(field, "holds no frames")
+    return np.stack(frames)  # (T, H, W, 3)
+
+
+# ---------------------------------------------------------------- the whole request
+def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = False) -> Generation:
+    """Check a request's fields (JSON values, or strings and bytes when `form`) -> a `Generation`.
+
+    Raises ApiError (422 a broken rule, 413 over a limit), naming the field, before any model work.
+    """
+    from patchflow.pipeline_inputs import check_frames, check_request, check_side
+    from patchflow.tasks import context_frames, plan_windows
+
+    if not isinstance(fields, dict):
+        raise ApiError(400, "body", "the body must be a JSON object of fields, e.g. {\"prompt\": \"a red circle\"}")
+    if form:  # an empty form input means "not given" (the model's default, or a random seed)
+        fields = {k: v for k, v in fields.items() if not (isinstance(v, str) and v.strip() == "")}
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise _bad(unknown[0], f"unknown field; known fields: {', '.join(FIELDS)}")
+    d, ft = pipe.defaults, pipe.vae.config.ft
+    patch = pipe.transformer.config.patch_size
+    get = fields.get
+
+    if "prompt" not in fields:
+        raise _bad("prompt", "is required: describe the video, e.g. 'a red circle moving right'")
+    prompt = _text(fields["prompt"], "prompt", limits.max_prompt_chars)
+    if not prompt.strip():
+        raise _bad("prompt", "is empty: describe the video, e.g. 'a red circle moving right'")
+    negative = _text(get("negative_prompt", ""), "negative_prompt", limits.max_prompt_chars)
+
+    num_frames = _int(get("num_frames", d["num_frames"]), "num_frames", form)
+    height = _int(get("height", d["height"]), "height", form)
+    width = _int(get("width", d["width"]), "width", form)
+    steps = _int(get("steps", d["num_inference_steps"]), "steps", form)
+    _within(num_frames, "num_frames", 1, limits.max_frames, "--max-frames")
+    _within(height, "height", 1, limits.max_size, "--max-size")
+    _within(width, "width", 1, limits.max_size, "--max-size")
+    _within(steps, "steps", 1, limits.max_steps, "--max-steps")
+    for field, check in (("num_frames", lambda: check_frames(num_frames, ft)),
+                         ("height", lambda: check_side(height, pipe.vae.config.fs * patch[1], pipe.vae.config.fs,
+                                                       patch[1], "height")),
+                         ("width", lambda: check_side(width, pipe.vae.config.fs * patch[2], pipe.vae.config.fs,
+                                                      patch[2], "width"))):
+        try:
+            check()
+        except ValueError as e:
+            raise ApiError(422, field, str(e)) from None
+
+    guidance = _float(get("guidance_scale", d["guidance_scale"]), "guidance_scale", form)
+    if not 0 <= guidance <= MAX_GUIDANCE:
+        raise _bad("guidance_scale", f"must be in [0, {MAX_GUIDANCE:g}] (1 = no guidance), got {guidance:g}")
+    seed = get("seed")
+    seed = random.SystemRandom().randrange(2**31) if seed is None else _int(seed, "seed", form)
+    if not 0 <= seed <= MAX_SEED:
+        raise _bad("seed", f"must be in [0, {MAX_SEED}], got {seed}")
+
+    extend = get("extend")
+    if extend is not None and extend not in ("forward", "backward"):
+        raise _bad("extend", f"must be 'forward' or 'backward', got {extend!r}")
+    loop = _bool(get("loop", False), "loop", form)
+    strength = None if get("strength") is None else _float(get("strength"), "strength", form)
+    if strength is not None and not 0 <= strength <= 1:
+        raise _bad("strength", f"must be in [0, 1] (0 keeps the video, 1 ignores it), got {strength:g}")
+
+    # which task: the same rules as VideoPipeline, said in terms of the request's fields
+    given = {name for name in MEDIA_FIELDS if get(name) is not None}
+    if "video" not in given:
+        for name, present in (("extend", extend is not None), ("strength", strength is not None),
+                              ("end_video", "end_video" in given)):
+            if present:
+                raise _bad(name, "needs video (the clip to extend, edit or connect from)")
+    elif sum([extend is not None, strength is not None, "end_video" in given]) != 1:
+        raise _bad("video", "give exactly one of extend ('forward'|'backward'), end_video (connect) or strength (edit)")
+    if "image" in given and "video" in given:
+        raise _bad("image", "cannot be combined with video; use video alone to extend or edit a clip")
+    if loop and (strength is not None or extend == "backward" or "end_video" in given):
+        raise _bad("loop", "works with text-to-video, image and extend 'forward', not with edits, backward "
+                           "extension or end_video")
+
+    media = {}
+    for name in sorted(given):
+        data = _media_bytes(fields[name], name)
+        media[name] = (decode_image(data, name, height, width) if name == "image"
+                       else decode_video(data, name, height, width, limits.max_frames))
+
+    kwargs = dict(prompt=prompt, negative_prompt=negative, num_frames=num_frames, height=height, width=width,
+                  num_inference_steps=steps, guidance_scale=guidance, seed=seed, extend=extend, loop=loop,
+                  strength=strength, **media)
+    try:  # the pipeline's own rules for the whole task (clip lengths, loops, windows)
+        req = check_request(pipe, **kwargs)
+    except (ValueError, TypeError) as e:
+        words = str(e).split()
+        first = words[0].split("=")[0] if words else ""
+        field = first if first in FIELDS else ("video" if "clip" in str(e) else "request")
+        raise ApiError(422, field, str(e)) from None
+    overlap = context_frames(req.window, ft, req.direction) if req.num_frames > req.window else 0
+    windows = len(plan_windows(req.num_frames, req.window, overlap, req.direction))
+    total_steps = windows * steps + (steps if req.loop is not None else 0)
+
+    task = ("edit" if strength is not None else "connect" if "end_video" in given
+            else f"extend {extend}" if extend else "image-to-video" if "image" in given
+            else "text-to-image" if num_frames == 1 else "text-to-video")
+    summary = {"prompt": prompt, "negative_prompt": negative, "num_frames": num_frames, "height": height,
+               "width": width, "steps": steps, "guidance_scale": guidance, "seed": seed, "task": task,
+               "loop": loop, "strength": strength}
+    return Generation(kwargs=kwargs, summary=summary, total_steps=total_steps)

@@ -122,8 +122,38 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
+# ---------------------------------------------------------------- train, plot
+def cmd_train(args: argparse.Namespace) -> int:
+    from patchflow.config import load_config
+    from patchflow.train import train
+
+    config = load_config(args.config, args.set or [])
+    final = train(args.stage, config, args.out, resume=args.resume, progress=not args.quiet)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"done: {final} (log: {Path(args.out) / 'log.jsonl'})")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from patchflow.cache import build_cache
+    from patchflow.config import load_config
+
+    config = load_config(args.config, args.set or [])
+    out = build_cache(config, args.out, args.items, progress=not args.quiet)
+    print(f"cached {args.items} items in {out}; train with --set data.cache=\"{out}\"")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from patchflow.plot import plot_run
+
+    path = plot_run(args.run, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patchflow", description=__doc__.split("\n\n")[0], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +179,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written file (default 8)")
     p.add_argument("--seed", type=int, default=0, help="draws size/background/position left open (default 0)")
     p.set_defaults(func=cmd_shapes)
+
+    p = sub.add_parser("train", help="train the VAE or the DiT from a config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  patchflow train dit --config configs/tiny.toml --out runs/tiny\n"
+                              "  patchflow train dit --config configs/tiny.toml --out runs/tiny --resume\n"
+                              "  patchflow train vae --config configs/vae-general.toml --out runs/vae "
+                              "--set train.steps=5000\n"
+                              "  torchrun --standalone --nproc_per_node 2 -m patchflow.cli train dit "
+                              "--config configs/tiny.toml --out runs/ddp")
+    p.add_argument("stage", choices=("vae", "dit"), help="which model to train")
+    p.add_argument("--config", type=Path, help="TOML file: a diff of the defaults in config.py")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one field, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: config, log, checkpoints, samples, final/")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="precompute VAE latents and text states of a dataset for DiT training",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  patchflow cache --config configs/shapes-world.toml --out cache/sw --items 20000\n"
+                              "  patchflow train dit --config configs/shapes-world.toml --set data.cache=\"cache/sw\" "
+                              "--out runs/sw")
+    p.add_argument("--config", type=Path, help="the training config whose [data], [vae] and [text] to cache")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one field (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="cache folder")
+    p.add_argument("--items", type=_positive_int, required=True, help="how many dataset items to encode")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("plot", help="loss-vs-step plot of a training run (needs matplotlib)")
+    p.add_argument("run", type=Path, help="run folder with log.jsonl")
+    p.add_argument("-o", "--output", type=Path, help="PNG path (default RUN/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+    from patchflow.generate import add_generate_arguments, run_generate
+    from patchflow.serve import add_serve_arguments, run_serve
+
+    p = sub.add_parser("generate", help="generate a video from a prompt with the shipped model or --model DIR",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='examples:\n  patchflow generate "a red circle moving right on a black background" -o red.mp4\n'
+                              '  patchflow generate "a blue box rising" --image first.png -o i2v.mp4\n'
+                              '  patchflow generate "a red ball bouncing" --video clip.mp4 --extend forward '
+                              '--frames 33 -o longer.mp4\n'
+                              '  patchflow generate "a green square growing" --loop -o loop.gif')
+    add_generate_arguments(p)
+    p.set_defaults(func=run_generate)
+
+    p = sub.add_parser("serve", help="web page and HTTP API for generation (pip install 'patchflow[serve]')",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  patchflow serve --port 7860   # then open http://127.0.0.1:7860")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("bench", help="speed benchmarks (results: benchmarks/RESULTS.md)")
+    bsub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    b = bsub.add_parser("dit", help="DiT train step: ours vs diffusers Wan, packed vs padded, MFU",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  patchflow bench dit --preset S/2 --tokens 2048 --json\n"
+                               "  patchflow bench dit --preset L/2 --tokens 16384 --device cuda --dtype bfloat16")
+    if argv is None or "bench" in argv:  # bench's flags import torch: only when asked for
+        from patchflow import bench
+
+        bench.add_arguments(b)
+        b.set_defaults(func=lambda args: (bench.run_from_args(args), 0)[1])
 
     p = sub.add_parser("eval", help="measure: does a video follow its prompt")
     esub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
@@ -176,14 +271,15 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
+    except (ValueError, FileNotFoundError, ImportError) as e:  # user errors: one line, no traceback
         print(f"patchflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
-
 import torch
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' data sheets.
@@ -16,8 +14,9 @@ GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12,
 def peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s the device can reach: the data-sheet peak for known GPUs, else measured.
 
-    The measurement is the best of a few large square matmuls (what a transformer's
-    time is mostly spent on), so CPU MFU reads as "share of achievable matmul speed".
+    The measurement (bench.measure_peak_flops) is the best of a few large square
+    matmuls, what a transformer's time is mostly spent on, so CPU MFU reads as
+    "share of achievable matmul speed".
     """
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -25,16 +24,6 @@ def peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32) -> float
         for key, value in GPU_PEAK_BF16.items():
             if key in name:
                 return value if dtype in (torch.bfloat16, torch.float16) else value / 2
-    n = 1024 if dev.type == "cpu" else 8192
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    best = float("inf")
-    for _ in range(4):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    from patchflow.bench import measure_peak_flops
+
+    return measure_peak_flops(dev, dtype, n=1024 if dev.type == "cpu" else 8192, repeats=3)

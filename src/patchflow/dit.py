@@ -152,6 +152,25 @@ class DiT(nn.Module):
         for block in self.blocks:
             block.compile()
 
+    sp_group = None  # sequence parallel group (Ulysses): each rank holds a contiguous 1/P of every row's tokens
+
+    def enable_sequence_parallel(self, group) -> None:
+        """Run with each row's tokens sharded over the ranks of `group` (a ProcessGroup, None = off).
+
+        forward then takes this rank's shard [R, S/P, ...] of every per-token input (see
+        sequence_parallel.shard_packed) and returns its shard of the output; self-attention
+        gathers the sequence with all-to-alls over heads, so P must divide num_heads.
+        """
+        from .sequence_parallel import check_heads
+
+        if group is not None:
+            import torch.distributed as dist
+
+            check_heads(self, dist.get_world_size(group))
+        self.sp_group = group
+        for block in self.blocks:
+            block.attn.sp_group = group
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -174,6 +193,10 @@ class DiT(nn.Module):
     def _plans(self, coords: torch.Tensor, sample_ids: torch.Tensor, text_ids: torch.Tensor, dtype: torch.dtype):
         backend = self.config.attention_backend
         plans = {"cross": make_plan(sample_ids, text_ids, backend, dtype)}
+        if self.sp_group is not None:  # sequence parallel: self-attention runs on whole rows (sequence_parallel.py)
+            from .sequence_parallel import gather_sequence
+
+            coords, sample_ids = gather_sequence(coords, self.sp_group), gather_sequence(sample_ids, self.sp_group)
         if self.config.attention_layout == "full":
             plans["self"] = make_plan(sample_ids, None, backend, dtype)
             return plans

@@ -15,6 +15,7 @@ from torch import nn
 from . import attention as attention_module
 from .attention import AttentionPlan
 from .rope import apply_rope
+from .sequence_parallel import all_to_all
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -55,6 +56,8 @@ class RMSNorm(nn.RMSNorm):
 class SelfAttention(nn.Module):
     """Multi-head self-attention with QK-norm (RMSNorm per head) and 3D RoPE, inside each plan group."""
 
+    sp_group = None  # sequence parallel (Ulysses, sequence_parallel.py): set by DiT.enable_sequence_parallel
+
     def __init__(self, dim: int, heads: int, qk_norm: bool = True):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
@@ -67,8 +70,14 @@ class SelfAttention(nn.Module):
         r, s, d = x.shape
         q, k, v = self.qkv(x).view(r, s, 3, self.heads, self.head_dim).unbind(2)  # 3 x [R, S, H, Dh]
         q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        out = attention_module.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), plan=plan)  # [R, H, S, Dh]
-        return self.proj(out.transpose(1, 2).reshape(r, s, d))
+        if self.sp_group is not None:  # local tokens, all heads -> all tokens, H/P heads: one all-to-all for q, k, v
+            qkv = all_to_all(torch.stack([q, k, v], 2), self.sp_group, scatter_dim=3, gather_dim=1)  # [R, S*P, 3, H/P, Dh]
+            q, k, v = qkv.unbind(2)
+        out = attention_module.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), plan=plan)  # [R, H', S', Dh]
+        out = out.transpose(1, 2)                                                  # [R, S', H', Dh]
+        if self.sp_group is not None:  # and back: all tokens, H/P heads -> local tokens, all heads
+            out = all_to_all(out, self.sp_group, scatter_dim=1, gather_dim=2)     # [R, S, H, Dh]
+        return self.proj(out.reshape(r, s, d))
 
 
 class CrossAttention(nn.Module):

@@ -69,18 +69,32 @@ def test_exact_resume(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="torchrun gloo test runs on Linux CI")
-def test_ddp_two_processes_equals_accumulation(tmp_path):
-    common = [*FAST, "train.steps=3", "train.batch_size=2", "train.warmup=1"]
-    train("dit", load_config(TINY, [*common, "train.grad_accum=2"]), tmp_path / "accum", progress=False)
+def _torchrun(tmp_path, name, sets):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "patchflow.cli", "train", "dit", "--config", str(TINY), "--out", str(tmp_path / "ddp"), "--quiet"]
-    for s in common:
+           "-m", "patchflow.cli", "train", "dit", "--config", str(TINY), "--out", str(tmp_path / name), "--quiet"]
+    for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_allclose(losses(tmp_path / "ddp"), losses(tmp_path / "accum"), rtol=1e-4, atol=1e-5)
+    return losses(tmp_path / name)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun gloo test runs on Linux CI")
+def test_ddp_two_processes_equals_accumulation(tmp_path):
+    common = [*FAST, "train.steps=3", "train.batch_size=2", "train.warmup=1"]
+    train("dit", load_config(TINY, [*common, "train.grad_accum=2"]), tmp_path / "accum", progress=False)
+    np.testing.assert_allclose(_torchrun(tmp_path, "ddp", common), losses(tmp_path / "accum"), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun gloo test runs on Linux CI")
+def test_sequence_parallel_training_equals_one_process(tmp_path):
+    common = [*FAST, "train.steps=3", "train.batch_size=3", "train.warmup=1"]
+    train("dit", load_config(TINY, common), tmp_path / "single", progress=False)
+    sp = _torchrun(tmp_path, "sp", [*common, "train.sequence_parallel=2"])
+    np.testing.assert_allclose(sp, losses(tmp_path / "single"), rtol=1e-4, atol=1e-5)
+    fsdp = _torchrun(tmp_path, "sp_fsdp", [*common, "train.sequence_parallel=2", "train.distributed=\"fsdp\""])
+    np.testing.assert_allclose(fsdp, losses(tmp_path / "single"), rtol=1e-4, atol=1e-5)
 
 
 def test_vae_stage(tmp_path):

@@ -37,7 +37,8 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    dataset: str = "shapes"          # "shapes" (built-in world), "folder" (videos+captions), "footage" (VAE: real clips)
+    dataset: str = "shapes"          # shapes (built-in world) | folder (videos+captions) | footage | footage+shapes (VAE)
+    shapes_share: float = 0.25       # footage+shapes: share of Shapes World clips
     path: str = ""                   # folder dataset root
     sizes: list = field(default_factory=lambda: [[64, 64]])  # (height, width) choices; mixed sizes pack together
     frames: list = field(default_factory=lambda: [17])       # clip lengths to draw from (1 = images)
@@ -85,6 +86,7 @@ class TrainConfig:
     token_budget: int = 0            # tokens per packed row; 0 = the longest sample's length
     token_drop: float = 0.0          # share of tokens dropped per sample (NaViT); never condition tokens
     distributed: str = "ddp"         # ddp | fsdp (FSDP2 fully_shard), used when launched by torchrun
+    sequence_parallel: int = 1       # ranks sharing one packed batch (Ulysses); divides world size and dit heads
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     seed: int = 0
     deterministic: str = "auto"      # auto (on for CPU) | on | off: bitwise-repeatable kernels, so resume is exact

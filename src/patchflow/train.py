@@ -53,11 +53,31 @@ def build_dataset(config: Config, stage: str):
         from patchflow.data.videos import FolderDataset
 
         return FolderDataset(d.path, sizes, d.frames, d.fps, d.resize, seed)
-    if d.dataset == "footage":
+    if d.dataset in ("footage", "footage+shapes"):
+        from patchflow.data.datasets import ShapesDataset
         from patchflow.data.footage import FootageDataset
 
-        return _Captionless(FootageDataset(d.frames, sizes, d.length, seed))
-    raise ValueError(f"unknown data.dataset {d.dataset!r}; expected shapes, folder or footage")
+        footage = _Captionless(FootageDataset(d.frames, sizes, d.length, seed))
+        if d.dataset == "footage":
+            return footage
+        return _Mixed(footage, ShapesDataset(d.length, sizes, d.frames, "train", seed), d.shapes_share, seed)
+    raise ValueError(f"unknown data.dataset {d.dataset!r}; expected shapes, folder, footage or footage+shapes")
+
+
+class _Mixed(torch.utils.data.Dataset):
+    """Item i comes from `b` with probability `share` (decided by (seed, i)), else from `a`."""
+
+    def __init__(self, a, b, share: float, seed: int):
+        if not 0 <= share <= 1:
+            raise ValueError(f"data.shapes_share must be in [0, 1], got {share}")
+        self.a, self.b, self.share, self.seed = a, b, share, seed
+
+    def __len__(self) -> int:
+        return min(len(self.a), len(self.b))
+
+    def __getitem__(self, index: int) -> dict:
+        item = (self.b if random.Random(self.seed * 7919 + index).random() < self.share else self.a)[index]
+        return {"video": item["video"], "captions": item["captions"]}
 
 
 class _Captionless(torch.utils.data.Dataset):
@@ -140,7 +160,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 def check_config(config: Config, stage: str) -> None:
     tc = config.train
-    for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+    for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "sequence_parallel"):
         if getattr(tc, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
     if tc.packing not in ("pack", "pad"):
@@ -192,6 +212,16 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
     random.seed(tc.seed)
     stage = (DiTStage if stage_name == "dit" else VAEStage)(config, info.device)
     model = stage.model.to(info.device)
+    data_info = info  # whose batches this process draws: with sequence parallelism, its SP group's
+    if tc.sequence_parallel > 1:
+        from patchflow.sequence_parallel import sequence_parallel_mesh
+
+        if stage_name != "dit":
+            raise ValueError("train.sequence_parallel applies to the DiT stage only")
+        p = tc.sequence_parallel
+        group = sequence_parallel_mesh(p, info.device.type)["sp"].get_group()
+        stage.enable_sequence_parallel(group)
+        data_info = DistInfo(info.rank // p, info.world_size // p, info.local_rank, info.device)
     if stage_name == "dit":
         check_data_geometry(config, stage.vae, model.config.patch_size)
     elif config.data.dataset == "shapes":
@@ -229,7 +259,7 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
     dataset = build_dataset(config, stage_name)
     # Generated datasets are random per index already; files and caches are walked in shuffled epochs.
     shuffle = config.data.dataset == "folder" or bool(config.data.cache)
-    sampler = StepSampler(len(dataset), tc.batch_size, tc.grad_accum, info, start, tc.steps, tc.seed, shuffle)
+    sampler = StepSampler(len(dataset), tc.batch_size, tc.grad_accum, data_info, start, tc.steps, tc.seed, shuffle)
     loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.workers,
                              persistent_workers=False))
     peak = peak_flops(str(info.device), dtype) if stage_name == "dit" else 0.0
@@ -249,7 +279,7 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
                 skipped += batch.pop("skipped")
                 if not batch["captions"]:
                     raise RuntimeError(f"step {step}: every clip of the micro-batch was unreadable")
-                seed = micro_seed(tc.seed, step, micro, info, tc.grad_accum)
+                seed = micro_seed(tc.seed, step, micro, data_info, tc.grad_accum)
                 rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
                 sync = contextlib.nullcontext() if micro == tc.grad_accum - 1 or not hasattr(wrapped, "no_sync") \
                     else wrapped.no_sync()
@@ -258,6 +288,8 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
                         loss, logs, n = stage.batch_loss(wrapped, batch, step, rng, gen)
                     finite &= bool(torch.isfinite(loss))
                     scaler.scale(loss / tc.grad_accum).backward()
+                # Under sequence parallelism a shard's loss is P x its share of the batch loss, so the
+                # mean over the P ranks of a group (the logged mean) is the batch loss.
                 step_loss += loss.item() / tc.grad_accum
                 tokens += n
                 if stage_name == "dit":

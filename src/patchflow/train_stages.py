@@ -57,9 +57,15 @@ class DiTStage:
             if config.data.cache else self.text_encoder
         self.model = DiT(build_dit_config(config.dit, self.vae.config.latent_channels, self.text_encoder.dim))
         self.tasks = {k: float(v) for k, v in vars(config.tasks).items()}
+        self.sp_group = None  # set by enable_sequence_parallel
         if not self.config.vae.get("path"):
             print("note: [vae] has no trained `path`; the DiT learns the latents of an untrained VAE "
                   "(fine for tests, useless for real samples)")
+
+    def enable_sequence_parallel(self, group) -> None:
+        """Shard each packed batch's tokens over `group` (the ranks of one sequence-parallel group)."""
+        self.model.enable_sequence_parallel(group)
+        self.sp_group = group
 
     @torch.no_grad()
     def latents(self, videos: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
@@ -99,9 +105,20 @@ class DiTStage:
         t_tok = packed.per_token(t) * ~packed.cond_mask  # (R, S): clean condition tokens have t = 0
         noise = torch.randn(packed.tokens.shape, generator=gen).to(self.device)  # (R, S, D)
         x_t = interpolate(packed.tokens, noise, t_tok)
-        pred = model(x_t, t_tok, packed.coords, packed.sample_ids, text.to(self.device), text_mask.to(self.device))
-        loss, per_sample = flow_loss(pred, velocity_target(packed.tokens, noise), packed.loss_mask,
-                                     c.flow.loss_weighting, packed.sample_ids)
+        target = velocity_target(packed.tokens, noise)
+        text, text_mask = text.to(self.device), text_mask.to(self.device)
+        if self.sp_group is None:
+            pred = model(x_t, t_tok, packed.coords, packed.sample_ids, text, text_mask)
+            loss, per_sample = flow_loss(pred, target, packed.loss_mask, c.flow.loss_weighting, packed.sample_ids)
+        else:  # this rank holds one contiguous shard of every row's tokens (Ulysses)
+            from patchflow.sequence_parallel import sequence_parallel_flow_loss, shard_packed, shard_sequence
+
+            g = self.sp_group
+            local = shard_packed(packed, g)
+            pred = model(shard_sequence(x_t, g), shard_sequence(t_tok, g), local.coords, local.sample_ids, text,
+                         text_mask)
+            loss, per_sample = sequence_parallel_flow_loss(pred, shard_sequence(target, g), local.loss_mask,
+                                                           local.sample_ids, len(latents), g, c.flow.loss_weighting)
         logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
                 "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean())}
         return loss, logs, int(packed.loss_mask.sum())

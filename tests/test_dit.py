@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_models import random_tiny_dit
 
 from patchflow.bench import bench_dit, mixed_latents
 from patchflow.dit import DIT_PRESETS, DiT, DiTConfig, dit_config
@@ -13,13 +14,7 @@ SHAPES = [(4, 3, 6, 4), (4, 1, 4, 4), (4, 5, 2, 8), (4, 2, 6, 6), (4, 1, 2, 2)] 
 
 
 def _model(layout="full", backend="naive", seed=0):
-    torch.manual_seed(seed)
-    model = DiT(dit_config("tiny", in_channels=4, text_dim=TEXT_DIM, attention_layout=layout,
-                           attention_backend=backend)).eval()
-    with torch.no_grad():  # random weights: the zero-initialised model would output zeros everywhere
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
-    return model
+    return random_tiny_dit(TEXT_DIM, seed, attention_layout=layout, attention_backend=backend).eval()
 
 
 def _batch(seed=0):

@@ -11,6 +11,7 @@ import socket
 
 import pytest
 import torch
+from tiny_models import random_tiny_dit
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -48,13 +49,7 @@ def _spawn(fn, *args, world: int = 2) -> None:
 
 
 def _model(layout="full", seed=0):
-    torch.manual_seed(seed)
-    model = DiT(dit_config("tiny", in_channels=4, text_dim=TEXT_DIM, attention_layout=layout,
-                           attention_backend="varlen"))
-    with torch.no_grad():  # random weights: the zero-initialised model would output zeros everywhere
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
-    return model
+    return random_tiny_dit(TEXT_DIM, seed, attention_layout=layout, attention_backend="varlen")
 
 
 def _batch(seed=0):

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
+from tiny_models import saved_tiny_pipeline
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'patchflow[serve]'")
 pytest.importorskip("multipart", reason="python-multipart (serve extra) is not installed")
@@ -15,13 +15,9 @@ httpx = pytest.importorskip("httpx", reason="httpx (for the test client) is not 
 from fastapi.testclient import TestClient  # noqa: E402
 
 from patchflow.data.io import read_video, write_video  # noqa: E402
-from patchflow.dit import DiT, dit_config  # noqa: E402
-from patchflow.pipeline import VideoPipeline  # noqa: E402
 from patchflow.serve import add_serve_arguments, create_app, serve_in_background  # noqa: E402
 from patchflow.serve_inputs import Limits  # noqa: E402
 from patchflow.serve_queue import JobQueue, QueueFull  # noqa: E402
-from patchflow.text import load_text_encoder  # noqa: E402
-from patchflow.vae import VAE_PRESETS, VideoVAE  # noqa: E402
 
 T, H, W = 9, 16, 16  # the tiny model's trained length and size (3 latent frames of 4x4)
 LIMITS = dict(max_frames=17, max_size=32, max_steps=4)
@@ -31,17 +27,7 @@ BASE = {"prompt": "a red circle moving right", "num_frames": 5, "steps": 2, "see
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     """A tiny random pipeline, saved and loaded back the way `patchflow serve --model DIR` loads it."""
-    torch.manual_seed(0)
-    dit = DiT(dit_config("tiny", in_channels=4, text_dim=64))
-    with torch.no_grad():  # zero-initialised output layers would make every video the same: give them values
-        for p in dit.parameters():
-            p.normal_(0.0, 0.05)
-    built = VideoPipeline(dit, VideoVAE(VAE_PRESETS["tiny"]()), load_text_encoder("tiny"), text_encoder_spec="tiny",
-                          defaults={"num_frames": T, "height": H, "width": W, "num_inference_steps": 2,
-                                    "guidance_scale": 2.0})
-    folder = tmp_path_factory.mktemp("model")
-    built.save_pretrained(folder)
-    return VideoPipeline.from_pretrained(folder)
+    return saved_tiny_pipeline(tmp_path_factory.mktemp("model"), T, H, W)
 
 
 @pytest.fixture(scope="module")

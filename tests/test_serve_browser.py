@@ -10,7 +10,7 @@ import os
 import shutil
 
 import pytest
-import torch
+from tiny_models import saved_tiny_pipeline
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'patchflow[serve]'")
 pytest.importorskip("multipart", reason="python-multipart (serve extra) is not installed")
@@ -23,12 +23,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from patchflow.data.io import read_video  # noqa: E402
-from patchflow.dit import DiT, dit_config  # noqa: E402
-from patchflow.pipeline import VideoPipeline  # noqa: E402
 from patchflow.serve import create_app, serve_in_background  # noqa: E402
 from patchflow.serve_inputs import Limits  # noqa: E402
-from patchflow.text import load_text_encoder  # noqa: E402
-from patchflow.vae import VAE_PRESETS, VideoVAE  # noqa: E402
 
 
 def _which(*names: str) -> str | None:
@@ -50,17 +46,7 @@ T, H, W = 9, 32, 32  # the tiny model's defaults here: what the page fills in fr
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    torch.manual_seed(0)
-    dit = DiT(dit_config("tiny", in_channels=4, text_dim=64))
-    with torch.no_grad():  # zero-initialised output layers would make every video the same: give them values
-        for p in dit.parameters():
-            p.normal_(0.0, 0.05)
-    built = VideoPipeline(dit, VideoVAE(VAE_PRESETS["tiny"]()), load_text_encoder("tiny"), text_encoder_spec="tiny",
-                          defaults={"num_frames": T, "height": H, "width": W, "num_inference_steps": 2,
-                                    "guidance_scale": 2.0})
-    folder = tmp_path_factory.mktemp("model")
-    built.save_pretrained(folder)
-    app = create_app(VideoPipeline.from_pretrained(folder), Limits(max_frames=17, max_size=64, max_steps=4))
+    app = create_app(saved_tiny_pipeline(tmp_path_factory.mktemp("model"), T, H, W), Limits(max_frames=17, max_size=64, max_steps=4))
     with serve_in_background(app, host="127.0.0.1", port=0) as url:
         yield url
 

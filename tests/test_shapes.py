@@ -9,7 +9,7 @@ import torch
 from patchflow.data.datasets import ShapesDataset, collate_list
 from patchflow.data.shapes import (
     ALL_COMBOS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, TRAIN_COMBOS, captions, is_heldout, parse_prompt,
-    plain_caption, render, render_scene, sample_scene, scene_from_prompt, trajectory,
+    plain_caption, render, sample_scene, scene_from_prompt, trajectory,
 )
 
 

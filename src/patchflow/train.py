@@ -13,7 +13,6 @@ continues exactly and N processes equal 1 process with N accumulation steps.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import random

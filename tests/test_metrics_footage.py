@@ -140,3 +140,5 @@ def test_missing_packages_say_how_to_install(monkeypatch):
         training_clips()
     with pytest.raises(ImportError, match=r"pip install patchflow\[data\]"):
         footage.load_photo("astronaut")
+    with pytest.raises(ImportError, match=r"pip install patchflow\[data\]"):
+        FootageDataset()

@@ -66,10 +66,16 @@ def load_photo(name: str) -> np.ndarray:
     """A scikit-image sample photo as uint8 `[H, W, 3]` (grey/RGBA converted to RGB)."""
     if importlib.util.find_spec("skimage") is None:
         raise _missing("scikit-image")
-    import skimage.data
-
     if name not in PHOTOS:
         raise ValueError(f"unknown photo {name!r}; choose from {PHOTOS}")
+    return _photo(name).copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    """Decoded once per process (the dataset draws photos again and again)."""
+    import skimage.data
+
     image = np.asarray(getattr(skimage.data, name)())
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
@@ -162,6 +168,8 @@ class FootageDataset(torch.utils.data.Dataset):
         self.clips = [str(p) for p in training_clips()]
         if not self.clips and photo_fraction < 1:
             raise FileNotFoundError(f"no training clips in {footage_dir()}")
+        if photo_fraction > 0 and importlib.util.find_spec("skimage") is None:
+            raise _missing("scikit-image")
         self.photos = PHOTOS
 
     def __len__(self) -> int:
@@ -179,7 +187,7 @@ class FootageDataset(torch.utils.data.Dataset):
         t, h, w = self.shape(index)
         rng = np.random.default_rng([self.seed, index, 0])
         if rng.random() < self.photo_fraction:
-            clip = photo_clip(load_photo(self.photos[rng.integers(len(self.photos))]), t, h, w, rng)
+            clip = photo_clip(_photo(self.photos[rng.integers(len(self.photos))]), t, h, w, rng)
         else:
             clip = self._video_clip(self.clips[rng.integers(len(self.clips))], t, h, w, rng)
         if rng.random() < 0.5:

@@ -3,7 +3,7 @@
     python benchmarks/bench_dit.py --preset S/2 --tokens 2048 --timer cpu --threads 1 --json
 
 The same as `patchflow bench dit ...`; the logic lives in src/patchflow/bench.py.
-Results: benchmarks/RESULTS-dit.md.
+Results: benchmarks/RESULTS.md.
 """
 
 import argparse

@@ -187,7 +187,7 @@ def main() -> None:
                    "--device", args.device, "--threads", str(args.threads), "--tile-size", str(args.tile_size),
                    "--overlap", str(args.overlap), "--tile-frames", str(args.tile_frames)]
             cmd += ["--tiled"] * args.tiled + ["--train"] * args.train
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 print(f"| {preset} | | {size} | failed: {proc.stderr.strip().splitlines()[-1]} |", flush=True)
                 continue

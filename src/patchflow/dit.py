@@ -142,7 +142,7 @@ class DiT(nn.Module):
         """torch.compile every block (attention stays eager: it depends on the plan's data layout).
 
         Fuses the norms, modulation, RoPE and GELU around the matmuls, which pays where that
-        memory-bound work is a large share of the step (GPUs). On the 2-core CPU of RESULTS-dit.md
+        memory-bound work is a large share of the step (GPUs). On the 2-core CPU of benchmarks/RESULTS.md
         the step is matmul-bound (about 80% of the measured matmul peak in fp32) and compiling
         (about 20 s of compilation) gave no speedup, so it is off by default.
         """

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ def ssim_frames(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, windo
     Frames smaller than the window use a smaller odd window. Constants as in
     Wang et al. 2004 (K1 = 0.01, K2 = 0.03).
     """
-    n, c, h, w = x.shape
+    c, h, w = x.shape[1:]
     size = min(window, h - (h % 2 == 0), w - (w % 2 == 0))  # largest odd window that fits
     g = _gaussian_window(size, sigma, x.dtype, x.device)
     gh, gw = g.view(1, 1, size, 1).repeat(c, 1, 1, 1), g.view(1, 1, 1, size).repeat(c, 1, 1, 1)

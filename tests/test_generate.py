@@ -14,12 +14,7 @@ from patchflow.text import load_text_encoder
 from patchflow.vae import VAE_PRESETS, VideoVAE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; threads only contend on a loaded 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from patchflow.metrics import eval_vae_report, evaluate_vae, format_results, psn
 from patchflow.vae import VAE_PRESETS, VideoVAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_uint8_video(t=3, h=32, w=40, seed=0) -> np.ndarray:

@@ -30,14 +30,7 @@ def _build() -> VideoPipeline:
                                    "guidance_scale": 2.0})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models gain nothing from threads, and on a loaded 2-core machine two threads that
-    wait on each other make the file ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

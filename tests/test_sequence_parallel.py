@@ -11,19 +11,16 @@ import socket
 
 import pytest
 import torch
-from tiny_models import random_tiny_dit
+from tiny_models import TEXT_DIM, mixed_packed_batch, random_tiny_dit
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from patchflow.attention import attention, make_plan
 from patchflow.dit import DiT, dit_config
 from patchflow.flow import flow_loss
-from patchflow.patches import pack
 from patchflow.sequence_parallel import (all_to_all, check_heads, gather_sequence, sequence_parallel_flow_loss,
                                          sequence_parallel_mesh, shard_packed, shard_sequence)
 
-TEXT_DIM = 32
-SHAPES = [(4, 3, 6, 4), (4, 1, 4, 4), (4, 5, 2, 8), (4, 2, 6, 6), (4, 1, 2, 2)]  # 18, 4, 20, 18, 1 tokens
 BUDGET = 25  # odd: the shards need one padding token appended
 
 
@@ -53,15 +50,7 @@ def _model(layout="full", seed=0):
 
 
 def _batch(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    latents = [torch.randn(s, generator=gen) for s in SHAPES]
-    text = torch.randn(5, 7, TEXT_DIM, generator=gen)
-    mask = torch.ones(5, 7, dtype=torch.bool)
-    mask[1, 4:], mask[3, 1:] = False, False
-    cond = [torch.tensor([True, False, False]), None, None, torch.tensor([False, True]), None]
-    packed = pack(latents, (1, 2, 2), budget=BUDGET, cond_frames=cond)
-    t = packed.per_token(torch.rand(5, generator=gen))
-    packed.timesteps = torch.where(packed.cond_mask, torch.zeros_like(t), t)
+    _, text, mask, _, packed, gen = mixed_packed_batch(BUDGET, seed)
     target = torch.randn(packed.tokens.shape, generator=gen)
     return packed, text, mask, target
 

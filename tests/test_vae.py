@@ -13,13 +13,7 @@ from patchflow.vae import VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, measure_
 from patchflow.vae_loss import VAELoss, VAELossConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared 2-core machine two OpenMP threads spin against other processes (8x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_vae(norm: str = "rms", seed: int = 0) -> VideoVAE:

@@ -32,6 +32,8 @@ class VAEConfig:
     num_res_blocks: int = 2  # residual blocks per encoder level (decoder uses one more)
     patch_size: int = 4  # pixel blocks folded into channels first; 4 makes a 2-core CPU fast enough to train
     norm: str = "rms"  # "rms" (per-position, seam-free tiling) or "group" (GroupNorm per frame)
+    shortcut: bool = False  # DC-AE parameter-free space-to-channel path around encoder and decoder
+    logvar_init: float = -4.0  # initial posterior log-variance (bias); -10 keeps fine detail out of the sampling noise
     latent_mean: list[float] = field(default_factory=list)  # per channel, empty = zeros; see measure_latent_stats
     latent_std: list[float] = field(default_factory=list)  # per channel, empty = ones
 
@@ -49,9 +51,6 @@ class VAEConfig:
         if len(self.channel_mults) != downs + 1:
             raise ValueError(f"fs={self.fs} with patch_size={self.patch_size} needs {downs} downsamplings, "
                              f"so {downs + 1} channel_mults; got {len(self.channel_mults)}")
-        if int(math.log2(self.ft)) > len(self.channel_mults):
-            raise ValueError(f"ft={self.ft} needs {int(math.log2(self.ft))} levels (one temporal halving each), "
-                             f"got {len(self.channel_mults)} channel_mults")
         if self.base_channels < 1 or self.num_res_blocks < 1:
             raise ValueError("base_channels and num_res_blocks must be >= 1")
         self.latent_mean = [float(v) for v in self.latent_mean] or [0.0] * c
@@ -135,8 +134,8 @@ class VideoVAE(nn.Module):
         super().__init__()
         self.config = c = config
         args = (c.latent_channels, c.base_channels, tuple(c.channel_mults), c.num_res_blocks,
-                int(math.log2(c.ft)), c.patch_size, c.norm)
-        self.encoder, self.decoder = Encoder(*args), Decoder(*args)
+                int(math.log2(c.ft)), c.patch_size, c.norm, c.shortcut)
+        self.encoder, self.decoder = Encoder(*args, logvar_init=c.logvar_init), Decoder(*args)
         initialize_weights(self)
         self.register_buffer("latent_mean", torch.tensor(c.latent_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latent_std", torch.tensor(c.latent_std).view(1, -1, 1, 1, 1), persistent=False)

@@ -84,9 +84,11 @@ class Norm(nn.Module):
 
     def __init__(self, channels: int, kind: str) -> None:
         super().__init__()
-        if kind not in ("group", "rms"):
-            raise ValueError(f"norm must be 'group' or 'rms', got {kind!r}")
+        if kind not in ("group", "rms", "none"):
+            raise ValueError(f"norm must be 'group', 'rms' or 'none', got {kind!r}")
         self.kind = kind
+        if kind == "none":
+            return
         if kind == "group":
             groups = math.gcd(32, channels)  # 32 groups when possible, fewer for narrow layers
             self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
@@ -94,6 +96,8 @@ class Norm(nn.Module):
             self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return x
         if self.kind == "group":
             b = x.shape[0]
             x = rearrange(x, "b c t h w -> (b t) c h w")
@@ -174,6 +178,79 @@ class Upsample(nn.Module):
         return self.spatial(x)
 
 
+def _shortcut_groups(ft: int, fs: int, latent_channels: int) -> torch.Tensor:
+    """Fixed averaging matrix `[C, ft * 3 * fs^2]` of the parameter-free shortcut.
+
+    Input order `(f c p q)`: the ft frames of a latent frame's group, colour, and
+    the fs x fs pixel block. Latent channel k < ft * 3 * (fs/s)^2 is the mean of
+    one colour over one s x s sub-block of one frame (s the smallest power of two
+    that fits them all in C channels); the remaining channels are 0. Time goes
+    into channels (no averaging over frames), so moving objects stay sharp in
+    time; at 4x8x8 with 16 channels it holds the 8x8 block colour of every frame.
+    """
+    s = 1
+    while ft * 3 * (fs // s) ** 2 > latent_channels:
+        s *= 2
+        if s > fs:
+            raise ValueError(f"a shortcut needs latent_channels >= 3 * ft = {3 * ft}, got {latent_channels}")
+    g = fs // s
+    weights = torch.zeros(latent_channels, ft, 3, fs, fs)
+    k = 0
+    for f in range(ft):
+        for c in range(3):
+            for i in range(g):
+                for j in range(g):
+                    weights[k, f, c, i * s:(i + 1) * s, j * s:(j + 1) * s] = 1.0 / (s * s)
+                    k += 1
+    return weights.flatten(1)  # (C, ft * 3 fs^2)
+
+
+class Shortcut(nn.Module):
+    """Parameter-free path between pixels and latent means (DC-AE's space-to-channel shortcut, in time too).
+
+    `encode`: pixels `[B, 3, T, H, W]` -> `[B, C, T', H/fs, W/fs]`: each latent frame's
+    ft pixel frames and fs x fs blocks folded into channels and averaged in fixed
+    groups (frame 0 stands alone: its group is ft copies of it). `decode`: the
+    transpose, each mean copied back to its pixels and frames. Encoder and decoder
+    add their output to it, so they learn only the residual. Causal and exact
+    under time chunking: a chunk after the first starts on a group boundary.
+    """
+
+    def __init__(self, latent_channels: int, fs: int, ft: int) -> None:
+        super().__init__()
+        self.fs, self.ft = fs, ft
+        weights = _shortcut_groups(ft, fs, latent_channels)
+        self.register_buffer("down", weights.t().contiguous(), persistent=False)  # (ft 3 fs^2, C)
+        self.register_buffer("up", (weights > 0).float(), persistent=False)  # (C, ft 3 fs^2), unit gain
+        self.streaming, self.started = False, False
+
+    def start_stream(self) -> None:
+        self.streaming, self.started = True, False
+
+    def stop_stream(self) -> None:
+        self.streaming, self.started = False, False
+
+    def _first(self) -> bool:
+        first = not (self.streaming and self.started)
+        self.started = True
+        return first
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] == 0:
+            return x.new_zeros(x.shape[0], self.down.shape[1], 0, x.shape[3] // self.fs, x.shape[4] // self.fs)
+        if self._first():
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.ft - 1, -1, -1), x], dim=2)  # (B, 3, ft - 1 + T, H, W)
+        f = self.fs
+        x = rearrange(x, "b c (t k) (h p) (w q) -> b t h w (k c p q)", k=self.ft, p=f, q=f)
+        return rearrange(x @ self.down.to(x.dtype), "b t h w c -> b c t h w")  # (B, C, T', h, w)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        f = self.fs
+        x = rearrange(z, "b c t h w -> b t h w c") @ self.up.to(z.dtype)  # (B, T', h, w, ft 3 fs^2)
+        x = rearrange(x, "b t h w (k c p q) -> b c (t k) (h p) (w q)", k=self.ft, c=3, p=f, q=f)
+        return x[:, :, self.ft - 1:] if z.shape[2] and self._first() else x  # (B, 3, T, H, W)
+
+
 class Encoder(nn.Module):
     """Pixels `[B, 3, T, H, W]` -> Gaussian parameters `[B, 2C, 1 + (T-1)/ft, H/fs, W/fs]`.
 
@@ -185,9 +262,12 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, latent_channels: int, base: int, mults: tuple[int, ...], num_res_blocks: int,
-                 temporal_downs: int, patch: int, norm: str) -> None:
+                 temporal_downs: int, patch: int, norm: str, shortcut: bool = False,
+                 logvar_init: float = -4.0) -> None:
         super().__init__()
-        self.patch = patch
+        self.patch, self.logvar_init = patch, logvar_init
+        fs = patch * 2 ** (len(mults) - 1)
+        self.shortcut = Shortcut(latent_channels, fs, 2 ** temporal_downs) if shortcut else None
         widths = [base * m for m in mults]
         self.conv_in = CausalConv3d(3 * patch * patch, widths[0], 3)
         n = len(mults)
@@ -199,6 +279,8 @@ class Encoder(nn.Module):
                 cin = width
             if i < n - 1 or i >= n - temporal_downs:
                 blocks.append(Downsample(width, spatial=i < n - 1, temporal=i >= n - temporal_downs))
+            if i == n - 1:  # more temporal halvings than levels: the lowest level takes the rest
+                blocks += [Downsample(width, spatial=False, temporal=True) for _ in range(temporal_downs - n)]
             levels.append(nn.Sequential(*blocks))
         self.levels = nn.Sequential(*levels)
         self.mid = nn.Sequential(ResBlock3d(cin, cin, norm), ResBlock3d(cin, cin, norm))
@@ -207,18 +289,24 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch
-        x = rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=p, q=p)  # (B, 3 p^2, T, H/p, W/p)
-        x = self.mid(self.levels(self.conv_in(x)))  # (B, W_top, T', H', W')
-        return self.conv_out(F.silu(self.norm_out(x)))  # (B, 2C, T', H', W')
+        h = rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=p, q=p)  # (B, 3 p^2, T, H/p, W/p)
+        h = self.mid(self.levels(self.conv_in(h)))  # (B, W_top, T', H', W')
+        h = self.conv_out(F.silu(self.norm_out(h)))  # (B, 2C, T', H', W')
+        if self.shortcut is None:
+            return h
+        mean, logvar = h.chunk(2, dim=1)
+        return torch.cat([mean + self.shortcut.encode(x), logvar], dim=1)
 
 
 class Decoder(nn.Module):
     """Latents `[B, C, T', H', W']` -> pixels `[B, 3, 1 + (T'-1) ft, H' fs, W' fs]`; mirrors `Encoder`."""
 
     def __init__(self, latent_channels: int, base: int, mults: tuple[int, ...], num_res_blocks: int,
-                 temporal_downs: int, patch: int, norm: str) -> None:
+                 temporal_downs: int, patch: int, norm: str, shortcut: bool = False) -> None:
         super().__init__()
         self.patch = patch
+        fs = patch * 2 ** (len(mults) - 1)
+        self.shortcut = Shortcut(latent_channels, fs, 2 ** temporal_downs) if shortcut else None
         widths = [base * m for m in mults]
         cin = widths[-1]
         self.conv_in = CausalConv3d(latent_channels, cin, 3)
@@ -228,6 +316,8 @@ class Decoder(nn.Module):
             # Level j starts by undoing the downsampling that ended encoder level n-1-j (exact mirror),
             # so every decoder level runs at the frame count and size of its encoder twin.
             blocks: list[nn.Module] = []
+            if j == 0:  # mirror of the encoder's extra temporal halvings at its lowest level
+                blocks += [Upsample(cin, spatial=False, temporal=True) for _ in range(temporal_downs - len(mults))]
             if j > 0 or j < temporal_downs:
                 blocks.append(Upsample(cin, spatial=j > 0, temporal=j < temporal_downs))
             for _ in range(num_res_blocks + 1):  # one more block than the encoder, as in SD/Wan decoders
@@ -242,7 +332,8 @@ class Decoder(nn.Module):
         x = self.levels(self.mid(self.conv_in(z)))  # (B, W_0, T, H/p, W/p)
         x = self.conv_out(F.silu(self.norm_out(x)))  # (B, 3 p^2, T, H/p, W/p)
         p = self.patch
-        return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=p, q=p)  # (B, 3, T, H, W)
+        x = rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=p, q=p)  # (B, 3, T, H, W)
+        return x if self.shortcut is None else x + self.shortcut.decode(z)
 
 
 def initialize_weights(module: nn.Module) -> None:
@@ -254,8 +345,11 @@ def initialize_weights(module: nn.Module) -> None:
     - temporal downsampling: the mean of its 3-frame window, temporal
       upsampling: both sub-frames copy their frame, so the untrained
       time path starts as plain frame averaging / repetition;
-    - the encoder's log-variance bias: -4 (posterior std 0.14), so early
-      latents are not drowned in sampling noise (trains ~2x faster early on).
+    - the encoder's log-variance bias: `logvar_init` (default -4, posterior std
+      0.14), so early latents are not drowned in sampling noise (trains ~2x
+      faster early on); sharp flat-colour worlds want far less (-10);
+    - with a shortcut, the encoder's mean output and the decoder's output
+      layer: zero, so the untrained VAE is exactly the shortcut.
     """
     for m in module.modules():
         if isinstance(m, nn.Conv3d):
@@ -271,7 +365,12 @@ def initialize_weights(module: nn.Module) -> None:
                 w[:, :, :, 0, 0] += torch.eye(w.shape[0]).unsqueeze(-1) / 3.0
         elif isinstance(m, Encoder):
             with torch.no_grad():
-                m.conv_out.conv.bias[m.conv_out.conv.out_channels // 2:] = -4.0
+                m.conv_out.conv.bias[m.conv_out.conv.out_channels // 2:] = m.logvar_init
+                if m.shortcut is not None:  # start exactly at the shortcut; layers learn the residual
+                    m.conv_out.conv.weight[: m.conv_out.conv.out_channels // 2] = 0.0
+        elif isinstance(m, Decoder) and m.shortcut is not None:
+            with torch.no_grad():
+                m.conv_out.conv.weight.zero_()
         elif isinstance(m, Upsample) and m.temporal is not None:
             w = m.temporal.conv.weight  # (2C, C, 3, 1, 1); last tap = current frame
             c = w.shape[1]
@@ -284,5 +383,5 @@ def initialize_weights(module: nn.Module) -> None:
 def set_streaming(module: nn.Module, on: bool) -> None:
     """Switch every causal conv / upsampler in `module` to (fresh) streaming or back to one-pass mode."""
     for m in module.modules():
-        if isinstance(m, (CausalConv3d, Upsample)):
+        if isinstance(m, (CausalConv3d, Upsample, Shortcut)):
             m.start_stream() if on else m.stop_stream()

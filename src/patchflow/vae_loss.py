@@ -35,6 +35,7 @@ from patchflow.vae import LatentDist
 @dataclass
 class VAELossConfig:
     l1_weight: float = 1.0  # pixel L1 in [-1, 1] units
+    mse_weight: float = 0.0  # pixel MSE in [-1, 1] units (what PSNR measures; flat-colour worlds learn faster with it)
     ssim_weight: float = 0.2  # weight of (1 - SSIM); a structural term that sharpens edges L1 blurs
     kl_weight: float = 1e-6  # per pixel value (as in SD/Wan); small: the latent scale is fixed later by normalize()
     adv_weight: float = 0.1  # generator hinge loss weight (times the adaptive factor below)
@@ -78,7 +79,7 @@ class VAELoss(nn.Module):
     def __init__(self, config: VAELossConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or VAELossConfig()
-        for name in ("l1_weight", "ssim_weight", "kl_weight", "adv_weight"):
+        for name in ("l1_weight", "mse_weight", "ssim_weight", "kl_weight", "adv_weight"):
             if getattr(c, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(c, name)}")
         use_disc = c.adv_start_step >= 0 and c.adv_weight > 0
@@ -97,13 +98,15 @@ class VAELoss(nn.Module):
         if video.shape != recon.shape:
             raise ValueError(f"video {tuple(video.shape)} and recon {tuple(recon.shape)} differ in shape")
         c = self.config
-        l1 = (recon - video).abs().mean()
+        err = recon.float() - video.float()
+        l1, mse = err.abs().mean(), err.pow(2).mean()
         frames = rearrange(torch.stack([video, recon]), "k b c t h w -> k (b t) c h w")  # 2 x (B*T, 3, H, W)
-        ssim = ssim_frames((frames[1] + 1) / 2, (frames[0] + 1) / 2).mean()  # compared in [0, 1]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and c.ssim_weight > 0):  # logged either way
+            ssim = ssim_frames((frames[1] + 1) / 2, (frames[0] + 1) / 2).mean()  # compared in [0, 1]
         kl = posterior.kl().mean() / video[0].numel()  # nats per pixel value
-        rec = c.l1_weight * l1 + c.ssim_weight * (1.0 - ssim)
+        rec = c.l1_weight * l1 + c.mse_weight * mse + c.ssim_weight * (1.0 - ssim)
         loss = rec + c.kl_weight * kl
-        logs = {"l1": l1.item(), "ssim": ssim.item(), "kl": kl.item(), "rec": rec.item()}
+        logs = {"l1": l1.item(), "mse": mse.item(), "ssim": ssim.item(), "kl": kl.item(), "rec": rec.item()}
         if self.adversarial_active(step):
             # The discriminator is not trained by this loss: freeze it so no gradients land there.
             self.discriminator.requires_grad_(False)

@@ -143,3 +143,23 @@ def test_cache_then_train(tmp_path):
     with pytest.raises(ValueError, match="other data"):
         train("dit", load_config(TINY, [*sets, "data.frames=[5]", f"data.cache=\"{tmp_path / 'cache'}\""]),
               tmp_path / "run2", progress=False)
+
+
+def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):
+    from patchflow.vae import VideoVAE
+
+    sets = [*FAST, "train.steps=3", "data.frames=[5]", "data.sizes=[[32, 32]]"]
+    first = train("vae", load_config(TINY, sets), tmp_path / "vae", progress=False) / "vae"
+    vae = VideoVAE.from_pretrained(first)
+    # Measured on training clips: not the placeholder zeros and ones.
+    assert vae.config.latent_mean != [0.0] * 4 and vae.config.latent_std != [1.0] * 4
+    assert all(np.isfinite(vae.config.latent_std)) and min(vae.config.latent_std) > 0
+
+    second = train("vae", load_config(TINY, [*sets, f'vae.path="{first}"', 'train.freeze=["encoder"]',
+                                             "train.lr=0.01"]), tmp_path / "dec", progress=False) / "vae"
+    before, after = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert VideoVAE.from_pretrained(second).config.latent_std == vae.config.latent_std  # the DiT's latents stay valid
+    with pytest.raises(ValueError, match="no parameter name starts with 'encodr'"):
+        train("vae", load_config(TINY, [*sets, 'train.freeze=["encodr"]']), tmp_path / "bad", progress=False)

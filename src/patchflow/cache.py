@@ -34,11 +34,15 @@ def cache_key(config: Config) -> dict:
 
 
 @torch.no_grad()
-def build_cache(config: Config, out: str | Path, items: int, progress: bool = True) -> Path:
-    """Encode the first `items` dataset items into `out` (resumable: existing files are kept)."""
+def build_cache(config: Config, out: str | Path, items: int, progress: bool = True, batch: int = 32) -> Path:
+    """Encode the first `items` dataset items into `out` (resumable: existing files are kept).
+
+    Items are read `batch` at a time; clips of one shape go through the VAE together and all
+    new captions through the text encoder in one call (about 10x faster than one by one on a CPU).
+    """
     from patchflow.text import TextEmbeddingCache, load_text_encoder
     from patchflow.train import build_dataset
-    from patchflow.train_stages import load_vae
+    from patchflow.train_stages import _by_shape, load_vae
 
     if items < 1:
         raise ValueError(f"--items must be >= 1, got {items}")
@@ -52,23 +56,24 @@ def build_cache(config: Config, out: str | Path, items: int, progress: bool = Tr
     text = TextEmbeddingCache(out / "text", load_text_encoder(config.text["encoder"], device))
     dataset = build_dataset(config, "dit")
     (out / "latents").mkdir(parents=True, exist_ok=True)
-    done = 0
-    for i in tqdm(range(min(items, len(dataset))), disable=not progress, desc="caching latents"):
-        path = out / "latents" / f"{i:08d}.safetensors"
-        if path.is_file():
-            done += 1
-            continue
-        item = dataset[i]
-        if item is None:  # unreadable file: already warned about
-            continue
-        dist = vae.encode(item["video"][None].to(device))
-        captions = item["captions"]
-        text.encode(sorted(set(captions.values()) | {""}))
-        tmp = path.with_suffix(".tmp")
-        save_file({"mean": dist.mean[0].cpu().contiguous(), "std": dist.std[0].cpu().contiguous()}, str(tmp),
-                  metadata={"captions": json.dumps(captions)})
-        tmp.replace(path)
-        done += 1
+    total = min(items, len(dataset))
+    with tqdm(total=total, disable=not progress, desc="caching latents") as bar:
+        for first in range(0, total, batch):
+            paths = {i: out / "latents" / f"{i:08d}.safetensors" for i in range(first, min(first + batch, total))}
+            todo = [(i, dataset[i]) for i, path in paths.items() if not path.is_file()]
+            todo = [(i, item) for i, item in todo if item is not None]  # None: unreadable file, already warned
+            if todo:
+                text.encode(sorted({c for _, item in todo for c in item["captions"].values()} | {""}))
+                for idx in _by_shape([item["video"] for _, item in todo]).values():
+                    x = torch.stack([todo[j][1]["video"] for j in idx]).to(device)  # (n, 3, T, H, W)
+                    dist = vae.encode(x)
+                    for k, j in enumerate(idx):
+                        i, item = todo[j]
+                        tmp = paths[i].with_suffix(".tmp")
+                        save_file({"mean": dist.mean[k].cpu().contiguous(), "std": dist.std[k].cpu().contiguous()},
+                                  str(tmp), metadata={"captions": json.dumps(item["captions"])})
+                        tmp.replace(paths[i])
+            bar.update(len(paths))
     atomic_write_bytes(meta_path, (json.dumps({"key": key, "items": items}, indent=2) + "\n").encode())
     return out
 

@@ -28,16 +28,27 @@ def _is_sharded(model: nn.Module) -> bool:
 
 
 class EMA:
-    """Exponential moving average of a model's parameters (fp32), shard-aware under FSDP2."""
+    """Exponential moving average of a model's parameters (fp32), shard-aware under FSDP2.
+
+    The decay warms up as `min(decay, (1 + n) / (10 + n))` after n updates (the
+    TensorFlow / timm rule): a fixed 0.999 would still average in the random
+    initial weights after a few thousand steps, which is all a CPU run has.
+    The step comes from the caller, so a resumed run continues the same schedule.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = {n: p.detach().float().clone() for n, p in unwrap(model).named_parameters()}
 
+    def decay_at(self, step: int) -> float:
+        """The decay used by the update after optimizer step `step` (0-based)."""
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        weight = 1.0 - self.decay_at(step)
         for name, p in unwrap(model).named_parameters():
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+            self.shadow[name].lerp_(p.detach().float(), weight)
 
     def full_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """EMA parameters plus the model's buffers, unsharded, on CPU (call on every rank)."""

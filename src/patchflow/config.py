@@ -79,9 +79,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: list = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float = 1.0           # max global grad norm (0 = off)
-    ema_decay: float = 0.999         # EMA of weights, used for sampling and the final model (0 = off)
+    ema_decay: float = 0.999         # EMA of weights (decay warms up from 0.1), used for samples and the final model (0 = off)
     precision: str = "auto"          # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16 | fp16
     compile: bool = False            # torch.compile the model's blocks
+    freeze: list = field(default_factory=list)  # parameter-name prefixes kept fixed, e.g. ["encoder"]: decoder-only VAE tuning
     packing: str = "pack"            # pack (NaViT, first-fit-decreasing into token budgets) | pad (one clip per row)
     token_budget: int = 0            # tokens per packed row; 0 = the longest sample's length
     token_drop: float = 0.0          # share of tokens dropped per sample (NaViT); never condition tokens

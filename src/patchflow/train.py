@@ -185,6 +185,21 @@ def check_data_geometry(config: Config, vae, patch: tuple = (1, 1, 1)) -> None:
                                  f"(VAE fs={fs} x patch {patch[1]})")
 
 
+def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
+    """Fix the parameters whose names start with any of `prefixes`; returns how many values were frozen."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            roots = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"train.freeze: no parameter name starts with {prefix!r}; top-level modules: {roots}")
+    frozen = 0
+    for name, p in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in prefixes):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 # ---------------------------------------------------------------- the loop
 def train(stage_name: str, config: Config, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train `stage_name` ("vae" or "dit") per `config` into run folder `out`; returns `out/final`."""
@@ -227,11 +242,15 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
         check_data_geometry(config, model)
     if tc.compile and hasattr(model, "compile_blocks"):
         model.compile_blocks()
+    frozen = freeze_parameters(model, tc.freeze)
+    if frozen and info.is_main:
+        print(f"train.freeze: {frozen:,} parameters fixed ({', '.join(tc.freeze)})")
     wrapped = wrap_model(model, info, tc.distributed)
     ema = EMA(wrapped, tc.ema_decay) if tc.ema_decay > 0 else None
     dtype = resolve_precision(tc.precision, info.device)
     fused = info.device.type == "cuda"
-    optimizer = torch.optim.AdamW(unwrap(wrapped).parameters(), lr=tc.lr, betas=tuple(tc.betas),
+    optimizer = torch.optim.AdamW([p for p in unwrap(wrapped).parameters() if p.requires_grad], lr=tc.lr,
+                                  betas=tuple(tc.betas),
                                   weight_decay=tc.weight_decay, fused=fused)
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
 
@@ -313,7 +332,7 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update(wrapped)
+                ema.update(wrapped, step)
             extra_logs = stage.after_step(step) if hasattr(stage, "after_step") else {}
             # -- timing and logging
             if info.device.type == "cuda":

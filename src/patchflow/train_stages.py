@@ -13,6 +13,7 @@ from (seed, step, micro-batch, rank): that is what makes resume exact and makes
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -129,8 +130,9 @@ class DiTStage:
 
         transformer = DiT(self.model.config).to(self.device)
         transformer.load_state_dict(model_state)
+        world = "shapes" if self.config.data.dataset == "shapes" else None  # which prompts it can judge
         return VideoPipeline(transformer.eval(), self.vae, self.text_encoder, flow_config=self.config.flow,
-                             text_encoder_spec=self.config.text["encoder"])
+                             text_encoder_spec=self.config.text["encoder"], world=world)
 
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Write a pipeline folder (see pipeline.py) with the given transformer weights."""
@@ -151,6 +153,9 @@ class DiTStage:
         for i, video in enumerate(videos):
             write_video(video, directory / f"sample_{i}.mp4")
         _contact_sheet(list(videos), prompts, directory / "contact_sheet.png")
+
+
+LATENT_STATS_CLIPS = 64  # training clips whose latents set the saved VAE's per-channel mean and std
 
 
 class VAEStage:
@@ -210,8 +215,20 @@ class VAEStage:
             self.disc_opt.load_state_dict(state["disc_opt"])
 
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
-        vae = VideoVAE(self.model.config)
+        """Save the VAE with its latent statistics measured on training clips (what `normalize` uses)."""
+        from patchflow.train import build_dataset
+        from patchflow.vae import measure_latent_stats
+
+        vae = VideoVAE(copy.deepcopy(self.model.config)).to(self.device)
         vae.load_state_dict(model_state)
+        if not any(p.requires_grad for p in self.model.encoder.parameters()):  # train.freeze = ["encoder"]
+            # A fixed encoder keeps its latents, so the statistics the DiT was trained with stay valid.
+            vae.save_pretrained(final / "vae", dtype=dtype)
+            return
+        dataset = build_dataset(self.config, "vae")
+        clips = (dataset[i]["video"] for i in range(min(LATENT_STATS_CLIPS, len(dataset))))
+        mean, std = measure_latent_stats(vae.eval(), (c for c in clips if c is not None), sample=True)
+        vae.set_latent_stats(mean, std)
         vae.save_pretrained(final / "vae", dtype=dtype)
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from patchflow.data.io import read_video, write_video
 from patchflow.dit import DiT, dit_config
 from patchflow.generate import add_generate_arguments, output_paths, run_generate
 from patchflow.pipeline import VideoPipeline
+from patchflow.prompts import PromptWarning
 from patchflow.text import load_text_encoder
 from patchflow.vae import VAE_PRESETS, VideoVAE
 
@@ -71,6 +72,23 @@ def test_generate_batch_prompts_into_a_folder(model, tmp_path):
                                                                      "a-red-circle-s7.mp4"]
     run_generate(_args("an image", "-o", tmp_path / "img.png", "--model", model, "--frames", 1))
     assert read_video(tmp_path / "img.png")[0].shape == (1, 16, 16, 3)
+
+
+def test_generate_notes_words_outside_the_world(model, tmp_path, capsys, recwarn):
+    out = tmp_path / "dragon.png"
+    assert run_generate(_args("a dragon flying over a city", "-o", out, "--model", model, "--frames", 1)) == 0
+    err = capsys.readouterr().err
+    assert ("patchflow generate: note: not understood by the Shapes World model: dragon, flying, city "
+            "(the video still follows the words it knows)") in err
+    assert read_video(out)[0].shape == (1, 16, 16, 3)  # generated all the same
+    assert not [w for w in recwarn if issubclass(w.category, PromptWarning)]  # told once, as the note
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball rising\na cat\n")
+    run_generate(_args("--batch-prompts", prompts, "-o", f"{tmp_path}/outs/", "--model", model, "--frames", 1))
+    err = capsys.readouterr().err
+    assert "note: 'a cat': not understood by the Shapes World model: cat (" in err and "rising" not in err
+    run_generate(_args("a dragon", "-o", out, "--model", model, "--frames", 1, "--no-expand"))
+    assert "not understood" not in capsys.readouterr().err  # prompts as written are not judged
 
 
 def test_output_paths():

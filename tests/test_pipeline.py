@@ -286,4 +286,4 @@ def test_mismatched_sizes_are_resized_with_a_note_and_partial_frames_warn(pipe):
         pipe("x", video=_clip(6), extend="forward", num_frames=13, seed=0, **FAST)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clip of 1 + 4k frames covers whole latent frames: no warning
-        pipe("x", video=_clip(5), extend="forward", num_frames=13, seed=0, **FAST)
+        pipe("a red circle", video=_clip(5), extend="forward", num_frames=13, seed=0, **FAST)  # (a world prompt)

@@ -118,6 +118,22 @@ def test_generate_json_is_the_pipelines_video(client, pipe, tmp_path):
     assert np.abs(video.astype(int) - _lossy(other, tmp_path)).mean() > 5
 
 
+def test_words_outside_the_world_are_told(client):
+    r = client.post("/api/generate", json={**BASE, "prompt": "a dragon flying over a city", "num_frames": 1})
+    assert r.status_code == 200 and r.headers["x-patchflow-unknown-words"] == "dragon, flying, city"
+    assert "x-patchflow-unknown-words" not in client.post("/api/generate", json={**BASE, "num_frames": 1}).headers
+    job = client.post("/api/jobs", json={**BASE, "prompt": "un dragón rouge", "num_frames": 1}).json()
+    assert job["unknown_words"] == ["un", "dragón", "rouge"]  # known at once, before the job runs
+    deadline = time.monotonic() + 60
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    assert job["status"] == "done" and job["unknown_words"] == ["un", "dragón", "rouge"]
+    assert client.get(f"/api/jobs/{job['id']}/video").headers["x-patchflow-unknown-words"] == "un, drag%C3%B3n, rouge"
+    assert client.post("/api/jobs", json={**BASE, "num_frames": 1}).json()["unknown_words"] == []
+    assert 'id="notice"' in client.get("/").text and "unknown_words" in client.get("/static/app.js").text
+
+
 def test_every_task(client, pipe, tmp_path):
     clip5, still = _mp4(_clip(5), tmp_path, "c5.mp4"), _mp4(_clip(1, 1), tmp_path, "c1.mp4")
     end4 = _mp4(_clip(4, 2), tmp_path, "e4.mp4")

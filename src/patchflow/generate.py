@@ -18,6 +18,7 @@ import argparse
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 OUTPUT_SUFFIXES = (".mp4", ".webm", ".gif", ".png")
@@ -107,7 +108,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from patchflow.data.io import write_video
     from patchflow.pipeline import VideoPipeline
-    from patchflow.pipeline_inputs import nearest_valid_frames
+    from patchflow.pipeline_inputs import nearest_valid_frames, prompt_unknown_words
+    from patchflow.prompts import PromptWarning, unknown_words_note
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = VideoPipeline.from_pretrained(args.model, device=device)
@@ -120,6 +122,10 @@ def run_generate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         frames = rounded
     paths = output_paths(args.output, prompts, args.seed, frames or pipe.defaults["num_frames"])
+    for prompt, words in zip(prompts, prompt_unknown_words(pipe, prompts, not args.no_expand)):
+        if words:  # the pipeline's PromptWarning, said as a note before the wait
+            named = f"{prompt!r}: " if len(prompts) > 1 else ""
+            print(f"patchflow generate: note: {named}{unknown_words_note(words)}", file=sys.stderr)
     fps = args.fps or pipe.defaults["fps"]
     kwargs = dict(num_frames=frames, height=args.height, width=args.width, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, negative_prompt=args.negative_prompt, image=args.image,
@@ -128,7 +134,10 @@ def run_generate(args: argparse.Namespace) -> int:
     for first in range(0, len(prompts), args.batch_size):
         chunk = prompts[first:first + args.batch_size]
         t0 = time.perf_counter()
-        videos = pipe(chunk, seed=[args.seed + first + i for i in range(len(chunk))], progress=True, **kwargs)
+        seeds = [args.seed + first + i for i in range(len(chunk))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PromptWarning)  # told above as a note
+            videos = pipe(chunk, seed=seeds, progress=True, **kwargs)
         seconds = time.perf_counter() - t0
         for i, video in enumerate(videos):
             path = write_video(video, paths[first + i], fps=fps)

@@ -14,7 +14,7 @@ are made window by window, each window conditioned on the frames of the one befo
 Folder format (written by `save_pretrained` and the training loop):
     DIR/model_index.json  {"transformer": "transformer", "vae": "vae", "text_encoder": "minilm" | "tiny" |
                            "text_encoder", "flow": {FlowConfig}, "defaults": {num_frames, height, width,
-                           num_inference_steps, guidance_scale, sampler, fps}}
+                           num_inference_steps, guidance_scale, sampler, fps}, "world": "shapes" | null}
     DIR/transformer/, DIR/vae/ (config.json + model.safetensors), DIR/text_encoder/ (a saved encoder, if any)
 """
 
@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -40,6 +41,7 @@ from patchflow.flow import FlowConfig, sample as flow_sample, shift_for_tokens
 from patchflow.paths import default_model_dir
 from patchflow.patches import pack
 from patchflow.pipeline_inputs import Request, check_request
+from patchflow.prompts import PromptWarning, unknown_words_note
 from patchflow.tasks import context_frames, fill_unknown, frame_mask, latent_frame_mask, plan_windows
 from patchflow.text import TextEncoder, TinyTextEncoder, load_text_encoder
 from patchflow.vae import VideoVAE
@@ -55,14 +57,20 @@ DEFAULTS = {
     "sampler": "euler",          # "euler" | "heun"
     "fps": 8,                    # the frame rate the model was trained at (for writing files)
 }
+WORLDS = ("shapes", None)  # what the model's captions described: Shapes World, or anything else (real footage)
 
 
 class VideoPipeline:
-    """Transformer (DiT), causal VAE and text encoder, with the flow settings and generation defaults."""
+    """Transformer (DiT), causal VAE and text encoder, with the flow settings and generation defaults.
+
+    world: "shapes" when the model was trained on Shapes World captions (the built-in world, the
+    default): a call then warns (PromptWarning) about prompt words that world cannot place. None
+    for any other model (real footage): prompts are never judged.
+    """
 
     def __init__(self, transformer: DiT, vae: VideoVAE, text_encoder: TextEncoder,
                  flow_config: FlowConfig | None = None, defaults: dict | None = None,
-                 text_encoder_spec: str | None = None):
+                 text_encoder_spec: str | None = None, world: str | None = "shapes"):
         if transformer.config.in_channels != vae.config.latent_channels:
             raise ValueError(f"the transformer takes {transformer.config.in_channels} latent channels but the VAE "
                              f"makes {vae.config.latent_channels}")
@@ -72,12 +80,15 @@ class VideoPipeline:
         unknown = sorted(set(defaults or {}) - set(DEFAULTS))
         if unknown:
             raise ValueError(f"unknown defaults {unknown}; known: {sorted(DEFAULTS)}")
+        if world not in WORLDS:
+            raise ValueError(f"world must be 'shapes' (Shapes World captions) or None (anything else), got {world!r}")
         # Modes are left alone: a training loop may build a pipeline from its live (training) modules;
         # __call__ switches to eval mode only while it runs.
         self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
         self.flow_config = flow_config or FlowConfig()
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.text_encoder_spec = text_encoder_spec or getattr(text_encoder, "spec", "minilm")
+        self.world = world
         self._offload: torch.device | None = None  # set by enable_model_cpu_offload
 
     # ------------------------------------------------------------ loading and saving
@@ -104,7 +115,8 @@ class VideoPipeline:
         text_encoder = load_text_encoder(spec if spec in ("minilm", "tiny") or not (folder / spec).exists()
                                          else str(folder / spec))
         flow = config_from_dict(FlowConfig, index.get("flow", {}))
-        pipe = cls(transformer.eval(), vae.eval(), text_encoder.eval(), flow, index.get("defaults"), spec)
+        pipe = cls(transformer.eval(), vae.eval(), text_encoder.eval(), flow, index.get("defaults"), spec,
+                   _saved_world(folder, index))
         return pipe.to(device, dtype)
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
@@ -120,7 +132,7 @@ class VideoPipeline:
             elif Path(getattr(self.text_encoder, "path", "")).resolve() != target.resolve():
                 shutil.copytree(self.text_encoder.path, target, dirs_exist_ok=True)
         index = {"transformer": "transformer", "vae": "vae", "text_encoder": spec,
-                 "flow": dataclasses.asdict(self.flow_config), "defaults": self.defaults}
+                 "flow": dataclasses.asdict(self.flow_config), "defaults": self.defaults, "world": self.world}
         atomic_write_bytes(directory / MODEL_INDEX, (json.dumps(index, indent=2) + "\n").encode())
         return directory
 
@@ -268,6 +280,10 @@ class VideoPipeline:
         prompt: a string -> one video; a list -> a batch, packed and denoised in one pass.
         negative_prompt: the uncond branch of guidance (default ""). expand_prompt: rewrite Shapes World
             prompts into the trained caption form (prompts.expand_prompt; other prompts pass unchanged).
+            With it, a model whose `world` is "shapes" also warns, once per call (PromptWarning), naming
+            each prompt's words that world cannot place (prompts.unknown_words: "a dragon flying over a
+            city" -> dragon, flying, city), and generates all the same; models of another world
+            (world=None) and expand_prompt=False stay silent.
         seed: int (prompt b uses seed + b, so a batch equals its prompts run one by one with those
             seeds) or one per prompt; generator: a torch.Generator shared by the batch or one per prompt;
             neither = a random seed. shift: the sampler's time shift (default from the token count).
@@ -278,6 +294,10 @@ class VideoPipeline:
         req = check_request(self, prompt, num_frames, height, width, num_inference_steps, guidance_scale,
                             negative_prompt, seed, generator, image, image_frame, video, extend, end_video, loop,
                             strength, sampler, shift, expand_prompt, output_type, callback_on_step_end, progress)
+        notes = [f"{p!r}: {unknown_words_note(words)}"
+                 for p, words in zip([prompt] if req.single else prompt, req.unknown_words) if words]
+        if notes:
+            warnings.warn("; ".join(notes), PromptWarning, stacklevel=3)  # the caller (past no_grad)
         with self._eval_mode():
             videos = self._generate(req)  # (B, T, H, W, 3) uint8
         if req.output_type == "pt":
@@ -357,3 +377,21 @@ class VideoPipeline:
         """Sample b's noise from its own generator (or the shared one), drawn window after window."""
         gen = req.generators[b] if len(req.generators) > 1 else req.generators[0]
         return torch.randn(shape, generator=gen, device=gen.device)
+
+
+def _saved_world(folder: Path, index: dict) -> str | None:
+    """A saved model's world: what its training run drew captions from (the run's config.json, when
+    `folder` is its final/), else the index's "world", else "shapes" (the built-in world).
+
+    The run's record comes first: the training loop saves pipelines without naming their world."""
+    try:
+        run = json.loads((folder.parent / "config.json").read_text())
+        dataset = run["data"]["dataset"] if run.get("stage") == "dit" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        dataset = None
+    if isinstance(dataset, str):
+        return "shapes" if dataset == "shapes" else None
+    world = index.get("world", "shapes")
+    if world not in WORLDS:
+        raise ValueError(f"{folder / MODEL_INDEX}: world must be \"shapes\" or null, got {world!r}")
+    return world

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from patchflow.data.io import check_video, read_image, read_video, resize_video
-from patchflow.prompts import expand_prompt as expand_rule
+from patchflow.prompts import expand_prompt as expand_rule, unknown_words
 from patchflow.tasks import (covered_pixels, latent_frame_mask, loop_plan, place_conditions)
 
 SAMPLERS = ("euler", "heun")
@@ -30,6 +30,7 @@ class Request:
     """A checked generation request; pixel arrays are uint8 [B, T, H, W, 3], masks bool [T]."""
 
     prompts: list[str]                 # after prompt expansion
+    unknown_words: list[list[str]]     # per prompt: words its Shapes World model cannot place ([]: none / not judged)
     negative: list[str]                # the unconditional branch of guidance ("" = none)
     num_frames: int
     height: int
@@ -77,6 +78,13 @@ def check_side(n: Any, unit: int, fs: int, patch: int, name: str) -> int:
         raise ValueError(f"{name} {n} must be a multiple of {unit} (VAE downsampling {fs} x patch {patch}); "
                          f"use {options}")
     return n
+
+
+def prompt_unknown_words(pipe, prompts: list[str], expand_prompt: bool = True) -> list[list[str]]:
+    """Per prompt, the words its model cannot place (prompts.unknown_words). Only a Shapes World model
+    (pipe.world == "shapes") reading prompts by that world's rules (expand_prompt) judges them; else []."""
+    judged = expand_prompt and pipe.world == "shapes"
+    return [unknown_words(p) if judged else [] for p in prompts]
 
 
 def _prompts(prompt: Any, what: str = "prompt") -> list[str]:
@@ -289,9 +297,10 @@ def check_request(pipe, prompt, num_frames=None, height=None, width=None, num_in
         seeds = seeds if len(seeds) == batch else [seeds[0] + b for b in range(batch)]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
 
+    unknown = prompt_unknown_words(pipe, prompts, expand_prompt)
     prompts = [expand_rule(p) for p in prompts] if expand_prompt else prompts
-    return Request(prompts=prompts, negative=negative, num_frames=num_frames, height=height, width=width,
-                   steps=steps, guidance=guidance, sampler=sampler, shift=shift, canvas=canvas, given=given,
-                   source=source, strength=1.0 if strength is None else float(strength), direction=direction,
-                   loop=loop_spec, window=window, generators=gens, output_type=output_type,
+    return Request(prompts=prompts, unknown_words=unknown, negative=negative, num_frames=num_frames,
+                   height=height, width=width, steps=steps, guidance=guidance, sampler=sampler, shift=shift,
+                   canvas=canvas, given=given, source=source, strength=1.0 if strength is None else float(strength),
+                   direction=direction, loop=loop_spec, window=window, generators=gens, output_type=output_type,
                    single=isinstance(prompt, str), callback=callback_on_step_end, progress=progress)

@@ -10,7 +10,9 @@ form the model was trained on. `expand_prompt` does it by rules for Shapes World
 (`"a tiny crimson ball heading left on a dark background"` ->
 `"a small red circle moving left on a black background"`), using the world's
 vocabulary from `patchflow.data.shapes`; a prompt it cannot read completely is
-returned unchanged, so models trained on real footage are unaffected.
+returned unchanged, so models trained on real footage are unaffected, and `unknown_words`
+names the words that kept it from being read (`"a dragon flying over a city"` -> dragon, flying,
+city), so that users of a Shapes World model are told, not left guessing.
 `TransformersExpander` uses any local text-generation model instead.
 """
 
@@ -22,7 +24,8 @@ import re
 from pathlib import Path
 
 from patchflow.data.shapes import (
-    BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, parse_prompt, plain_caption,
+    BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, caption_vocabulary, parse_prompt,
+    plain_caption,
 )
 
 DEFAULT_CAPTION_WEIGHTS = {"short": 0.2, "plain": 0.5, "detailed": 0.3}  # plain is what expansion produces
@@ -120,23 +123,26 @@ def _motion_token(match: re.Match, kind: str) -> str:
     return f" {kind} "
 
 
-def _read_scene(prompt: str) -> SceneSpec | None:
-    """The scene a paraphrase describes, or None when some word does not fit Shapes World."""
+def _scan(prompt: str) -> tuple[list[str], list[str]]:
+    """(the words naming a background, the other words) of a prompt, lower case, with each background
+    phrase cut out and each motion phrase made one token ("heading to the left" -> "moving_left")."""
     text = " " + prompt.lower().replace("-", " ") + " "
-    background = None
     found = list(_BACKGROUND_RULE.finditer(text))
-    if len(found) > 1:
-        return None
-    if found:
-        word = found[0].group(1) or found[0].group(2)
-        if word not in _BACKGROUND_WORDS:
-            return None  # a background outside the world ("a red background")
-        background = _BACKGROUND_WORDS[word]
-        text = text[: found[0].start()] + " " + text[found[0].end():]
+    for match in reversed(found):
+        text = text[: match.start()] + " " + text[match.end():]
     for pattern, kind in _MOTION_RULES:
         text = re.sub(rf"(?<![\w_])(?:{pattern})(?![\w_])", lambda m, k=kind: _motion_token(m, k), text)
+    return [m.group(1) or m.group(2) for m in found], re.findall(r"(?:[^\W\d]|')+|[,;&]", text)
+
+
+def _read_scene(prompt: str) -> SceneSpec | None:
+    """The scene a paraphrase describes, or None when some word does not fit Shapes World."""
+    backgrounds, words = _scan(prompt)
+    if len(backgrounds) > 1 or (backgrounds and backgrounds[0] not in _BACKGROUND_WORDS):
+        return None  # two backgrounds, or one outside the world ("a red background")
+    background = _BACKGROUND_WORDS[backgrounds[0]] if backgrounds else None
     chunks: list[list[str]] = [[]]
-    for word in re.findall(r"[a-z_']+|[,;&]", text):
+    for word in words:
         if word in _CONNECTORS:
             chunks.append([])
         elif word not in _FILLER:
@@ -194,6 +200,40 @@ def expand_prompt(prompt: str, defaults: dict[str, str] | None = None) -> str:
     except ValueError:
         return prompt
     return caption
+
+
+# ---------------------------------------------------------------- words outside the world
+class PromptWarning(UserWarning):
+    """A prompt holds words the model's world has no meaning for; the video is still made."""
+
+
+# Words a Shapes World model knows: those of its training captions (every style) and those the
+# rules above turn into them (synonyms, motion phrases, filler).
+_KNOWN_WORDS = frozenset().union(caption_vocabulary(), _FILLER, _CONNECTORS, _SIZE_WORDS, _COLOR_WORDS,
+                                 _SHAPE_WORDS, _BACKGROUND_WORDS, (m.replace(" ", "_") for m in MOTIONS))
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` that Shapes World cannot place, in order, each once.
+
+    "a dragon flying over a city" -> ["dragon", "flying", "city"]. Known words are those of the
+    world's training captions (every style) and of the paraphrases `expand_prompt` reads: colour,
+    shape, size and background synonyms, motion phrases ("heading left"; a bare "flying" is not
+    one) and filler ("a", "the", "over"). Words are judged one at a time: a prompt `expand_prompt`
+    reads completely gives [], while combinations the world lacks ("a red ball on a red
+    background", a third object) are not listed. Digits and punctuation are ignored.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    backgrounds, words = _scan(prompt)
+    found = (w.strip("'") for w in words + backgrounds)  # background phrases cut out, e.g. "forest"
+    return list(dict.fromkeys(w for w in found if w and w not in _KNOWN_WORDS))
+
+
+def unknown_words_note(words: list[str]) -> str:
+    """The sentence the CLI note and the PromptWarning say about `unknown_words` (the page words it alike)."""
+    return (f"not understood by the Shapes World model: {', '.join(words)} "
+            "(the video still follows the words it knows)")
 
 
 # ---------------------------------------------------------------- pluggable expanders

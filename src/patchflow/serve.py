@@ -11,8 +11,11 @@ Routes (docs/serve.md has the details):
     GET  /api/health            model loaded, queue length, limits and the model's defaults
     POST /api/generate          JSON or multipart -> video/mp4, once its turn came and it is made
     POST /api/jobs              the same fields -> 202 {id, position}; the page polls:
-    GET  /api/jobs/{id}         {status, position, step, total_steps, ...}
+    GET  /api/jobs/{id}         {status, position, step, total_steps, unknown_words, ...}
     GET  /api/jobs/{id}/video   video/mp4 of a finished job
+
+A prompt with words a Shapes World model cannot place still generates; the words are told in the
+job's `unknown_words` and the videos' X-Patchflow-Unknown-Words header, and the page shows them.
 
 The model runs on one worker thread (serve_queue.JobQueue), so requests wait their turn; fields
 are checked before they may queue (serve_inputs.parse_generation). FastAPI and uvicorn are the
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +46,7 @@ STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javasc
                 "style.css": "text/css; charset=utf-8"}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 POLL_SECONDS = 0.05  # how often a waiting /api/generate request looks at its job
+UNKNOWN_WORDS_HEADER = "X-Patchflow-Unknown-Words"  # prompt words the Shapes World model cannot place
 
 
 def encode_mp4(video, fps: float) -> bytes:
@@ -160,8 +165,12 @@ def _job(queue: JobQueue, job_id: str) -> Job:
 
 
 def _video_headers(job: Job) -> dict[str, str]:
-    return {"Content-Disposition": f'inline; filename="patchflow-{job.id[:8]}.mp4"', "X-Job-Id": job.id,
-            "X-Seed": str(job.summary.get("seed", "")), "Cache-Control": "no-store"}
+    headers = {"Content-Disposition": f'inline; filename="patchflow-{job.id[:8]}.mp4"', "X-Job-Id": job.id,
+               "X-Seed": str(job.summary.get("seed", "")), "Cache-Control": "no-store"}
+    words = job.summary.get("unknown_words")
+    if words:  # headers are Latin-1: other letters are percent-encoded (UTF-8)
+        headers[UNKNOWN_WORDS_HEADER] = ", ".join(urllib.parse.quote(w, safe="'") for w in words)
+    return headers
 
 
 async def read_fields(request, max_bytes: int) -> tuple[dict[str, Any], bool]:

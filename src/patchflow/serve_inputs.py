@@ -298,5 +298,6 @@ def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = 
             else "text-to-image" if num_frames == 1 else "text-to-video")
     summary = {"prompt": prompt, "negative_prompt": negative, "num_frames": num_frames, "height": height,
                "width": width, "steps": steps, "guidance_scale": guidance, "seed": seed, "task": task,
-               "loop": loop, "strength": strength}
+               "loop": loop, "strength": strength,
+               "unknown_words": req.unknown_words[0]}  # what a Shapes World model cannot place; still generated
     return Generation(kwargs=kwargs, summary=summary, total_steps=total_steps)

@@ -88,6 +88,8 @@ _MOTION_PHRASES: dict[str, tuple[str, ...]] = {
 _BACKGROUND_PHRASES = ("over a plain {b} background", "against a flat {b} backdrop",
                        "on a uniform {b} background", "in front of a solid {b} background")
 _OPENERS = ("", "In this short clip, ", "The video shows how ", "Throughout the scene, ")
+_CLOSERS = (" The shape has one flat colour and sharp edges.", " Nothing else appears in the frame.",
+            " The camera does not move at all.")
 
 
 def detailed_caption(scene: SceneRecord, rng: random.Random | int = 0) -> str:
@@ -109,10 +111,15 @@ def _draw_detailed(scene: SceneRecord, rng: random.Random) -> str:
     body = ", while ".join(parts)
     sentence = f"{rng.choice(_OPENERS)}{body} {rng.choice(_BACKGROUND_PHRASES).format(b=scene.background)}."
     if len(parts) == 1:  # one-object sentences get a closing remark to reach 15+ words
-        sentence += rng.choice((" The shape has one flat colour and sharp edges.",
-                                " Nothing else appears in the frame.",
-                                " The camera does not move at all."))
+        sentence += rng.choice(_CLOSERS)
     return sentence[0].upper() + sentence[1:]
+
+
+def caption_vocabulary() -> frozenset[str]:
+    """Every word a caption of any style can use: the words a Shapes World model was trained on."""
+    phrases = [*(p for ps in _MOTION_PHRASES.values() for p in ps), *_BACKGROUND_PHRASES, *_OPENERS, *_CLOSERS,
+               *COLORS, *SHAPES, *SIZES, *MOTIONS, *BACKGROUNDS, "a an and on background"]
+    return frozenset(w for p in phrases for w in _words(re.sub(r"\{\w\}", " ", p)))  # without {o}, {b}
 
 
 def captions(scene: SceneRecord, seed: int = 0) -> dict[str, str]:

@@ -288,5 +288,6 @@ def scene_from_prompt(prompt: str, seed: int = 0) -> SceneRecord:
 # The caption styles and the prompt parser live in captions.py (which imports the
 # constants above); re-exported here so `patchflow.data.shapes` is the one entry.
 from patchflow.data.captions import (  # noqa: E402, F401  (re-exports)
-    ObjectSpec, SceneSpec, captions, detailed_caption, parse_prompt, plain_caption, short_caption,
+    ObjectSpec, SceneSpec, caption_vocabulary, captions, detailed_caption, parse_prompt, plain_caption,
+    short_caption,
 )

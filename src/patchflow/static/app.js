@@ -115,10 +115,18 @@ function show(job) {
   $("status").textContent = `"${job.prompt}"`;
   $("player").src = url;
   $("player").hidden = false;
+  showUnknownWords(job.unknown_words || []);
   $("caption").textContent = describe(job);
   $("download").href = url;
   $("download").download = `patchflow-${job.id.slice(0, 8)}.mp4`;
   $("details").hidden = false;
+}
+
+// Words of the prompt the model's world cannot place: the video was made anyway, so say so under it.
+function showUnknownWords(words) {
+  $("notice").textContent = words.length ? `Not understood by the Shapes World model: ${words.join(", ")}. ` +
+                                           "The video still follows the words it knows." : "";
+  $("notice").hidden = !words.length;
 }
 
 function addToGallery(job) {

@@ -55,6 +55,6 @@ def test_eval_vae_json(tmp_path, capsys):
 
 def test_every_command_has_help():
     for command in ("info", "shapes", "train", "cache", "plot", "generate", "serve", "bench dit", "eval shapes",
-                    "eval vae"):
+                    "eval vae", "eval model"):
         out = run(*command.split(), "--help")
         assert out.returncode == 0 and "usage: patchflow" in out.stdout, command

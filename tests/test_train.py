@@ -3,6 +3,7 @@ bad data skipped, config errors."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from patchflow import checkpoint as ckpt_module
 from patchflow.config import load_config
 from patchflow.data.io import write_video
 from patchflow.data.shapes import render
+from patchflow.checkpoint import list_checkpoints
 from patchflow.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,27 @@ def test_exact_resume(tmp_path, monkeypatch):
     a = load_file(tmp_path / "straight" / "final" / "transformer" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "transformer" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path, monkeypatch):
+    from patchflow.train import TrainingStopped, lr_at
+
+    sets = [*FAST, "train.steps=4", "train.checkpoint_every=100"]
+    train("dit", load_config(TINY, sets), tmp_path / "straight", progress=False)
+
+    def lr_with_kill(step, tc):
+        if step == 1:  # as a job scheduler would, in the middle of step 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lr_at(step, tc)
+
+    monkeypatch.setattr("patchflow.train.lr_at", lr_with_kill)
+    with pytest.raises(TrainingStopped, match="after step 2"):
+        train("dit", load_config(TINY, sets), tmp_path / "stopped", progress=False)
+    assert [c.name for c in list_checkpoints(tmp_path / "stopped" / "checkpoints")] == ["step_00000002.pt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    monkeypatch.setattr("patchflow.train.lr_at", lr_at)
+    train("dit", load_config(TINY, sets), tmp_path / "stopped", resume=True, progress=False)
+    assert losses(tmp_path / "straight") == losses(tmp_path / "stopped")
 
 
 def _torchrun(tmp_path, name, sets):

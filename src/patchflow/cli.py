@@ -127,10 +127,14 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- train, plot
 def cmd_train(args: argparse.Namespace) -> int:
     from patchflow.config import load_config
-    from patchflow.train import train
+    from patchflow.train import TrainingStopped, train
 
     config = load_config(args.config, args.set or [])
-    final = train(args.stage, config, args.out, resume=args.resume, progress=not args.quiet)
+    try:
+        final = train(args.stage, config, args.out, resume=args.resume, progress=not args.quiet)
+    except TrainingStopped as e:  # SIGTERM / Ctrl-C: the last step is checkpointed
+        print(e, file=sys.stderr)
+        return 75  # EX_TEMPFAIL: continue later with --resume
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"done: {final} (log: {Path(args.out) / 'log.jsonl'})")
     return 0
@@ -256,7 +260,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                               "  patchflow train vae --config configs/vae-general.toml --out runs/vae "
                               "--set train.steps=5000\n"
                               "  torchrun --standalone --nproc_per_node 2 -m patchflow.cli train dit "
-                              "--config configs/tiny.toml --out runs/ddp")
+                              "--config configs/tiny.toml --out runs/ddp\n\n"
+                              "SIGTERM or Ctrl-C stops after the current step with a checkpoint (exit code 75);\n"
+                              "--resume continues exactly where it stopped.")
     p.add_argument("stage", choices=("vae", "dit"), help="which model to train")
     p.add_argument("--config", type=Path, help="TOML file: a diff of the defaults in config.py")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",

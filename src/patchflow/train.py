@@ -16,6 +16,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +34,35 @@ from patchflow.hardware import peak_flops
 from patchflow.weights import atomic_write_bytes
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingStopped(RuntimeError):
+    """Training was asked to stop (SIGTERM, Ctrl-C): a checkpoint of the last finished step was written."""
+
+
+class StopSignal:
+    """While training, SIGTERM or a first Ctrl-C asks for a clean stop after the current step.
+
+    `name` becomes the signal's name; a second Ctrl-C interrupts at once. Outside the main
+    thread (where handlers cannot be installed) nothing is installed. `restore()` undoes it.
+    """
+
+    def __init__(self):
+        self.name: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        if self.name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+        print(f"\n{self.name}: stopping after this step with a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
 
 
 # ---------------------------------------------------------------- data
@@ -285,6 +316,7 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
                dynamic_ncols=True)
     bad_steps, skipped, window = 0, 0, {"loss": 0.0, "tokens": 0, "time": 0.0, "steps": 0, "flops": 0.0}
     t_bins = torch.zeros(10), torch.zeros(10)
+    stop = StopSignal()
     try:
         for step in range(start, tc.steps):
             t0 = time.perf_counter()
@@ -351,8 +383,12 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
                         f.write(json.dumps(record) + "\n")
                 window = dict.fromkeys(window, 0.0)
                 t_bins = torch.zeros(10), torch.zeros(10)
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
+            stopping = done != tc.steps and mean_across(float(stop.name is not None), info) > 0
+            if done % tc.checkpoint_every == 0 or done == tc.steps or stopping:
                 _checkpoint(ckpt_dir, done, wrapped, optimizer, scaler, ema, stage, info, tc.keep_checkpoints)
+            if stopping:
+                raise TrainingStopped(f"stopped by {stop.name or 'another rank'} after step {done}: checkpoint "
+                                      f"{ckpt_dir} written; continue with --resume")
             if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
                 _samples(stage, wrapped, ema, out / "samples" / f"step_{done:08d}", config, info)
         final = out / "final"
@@ -363,6 +399,7 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
         barrier(info)
         return final
     finally:
+        stop.restore()
         bar.close()
         cleanup(info)
 

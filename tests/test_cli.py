@@ -8,7 +8,7 @@ from patchflow.cli import main
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "patchflow.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "patchflow", *args], capture_output=True, text=True)
 
 
 def test_help_and_info():

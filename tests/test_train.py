@@ -94,7 +94,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path, monk
 
 def _torchrun(tmp_path, name, sets):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "patchflow.cli", "train", "dit", "--config", str(TINY), "--out", str(tmp_path / name), "--quiet"]
+           "-m", "patchflow", "train", "dit", "--config", str(TINY), "--out", str(tmp_path / name), "--quiet"]
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

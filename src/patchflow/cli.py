@@ -259,7 +259,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                               "  patchflow train dit --config configs/tiny.toml --out runs/tiny --resume\n"
                               "  patchflow train vae --config configs/vae-general.toml --out runs/vae "
                               "--set train.steps=5000\n"
-                              "  torchrun --standalone --nproc_per_node 2 -m patchflow.cli train dit "
+                              "  torchrun --standalone --nproc_per_node 2 -m patchflow train dit "
                               "--config configs/tiny.toml --out runs/ddp\n\n"
                               "SIGTERM or Ctrl-C stops after the current step with a checkpoint (exit code 75);\n"
                               "--resume continues exactly where it stopped.")

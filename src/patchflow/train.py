@@ -1,7 +1,7 @@
 """One training loop for the VAE and the DiT, from a laptop CPU to many GPUs.
 
     patchflow train dit --config configs/tiny.toml --out runs/tiny
-    torchrun --nproc_per_node 8 -m patchflow.cli train dit --config configs/shapes-world.toml --out runs/sw
+    torchrun --nproc_per_node 8 -m patchflow train dit --config configs/shapes-world.toml --out runs/sw
 
 Phases of a step (nanoGPT style): data -> stage loss (train_stages.py) per
 micro-batch -> backward with accumulation -> clip, step, EMA -> log ->

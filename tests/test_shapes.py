@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchflow.data.datasets import ShapesDataset, collate_list
+from patchflow.data.datasets import ShapesDataset
 from patchflow.data.shapes import (
     ALL_COMBOS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, TRAIN_COMBOS, captions, is_heldout, parse_prompt,
     plain_caption, render, sample_scene, scene_from_prompt, trajectory,
@@ -113,7 +113,5 @@ def test_dataset_any_size_and_deterministic():
         assert v.shape[0] == 3 and v.dtype == torch.float32 and -1 <= v.min() and v.max() <= 1
         assert set(it["captions"]) == {"short", "plain", "detailed"}
     assert torch.equal(ds[3]["video"], ShapesDataset(20, sizes=[(32, 96), (64, 64)], frames=[1, 9, 17], seed=5)[3]["video"])
-    batch = collate_list(items[:3])
-    assert len(batch["video"]) == 3
     with pytest.raises(ValueError, match="split"):
         ShapesDataset(split="test")

@@ -87,17 +87,6 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full (unsharded) state into a plain, DDP or FSDP2 model."""
-    model = unwrap(model)
-    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        model.load_state_dict(state)
-
-
 def mean_across(value: float, info: DistInfo) -> float:
     """The mean of a float over all processes (for logging)."""
     if not info.enabled:

@@ -3,7 +3,7 @@
 Each item is a dict: `video` float [3, T, H, W] in [-1, 1], `captions`
 ({"short", "plain", "detailed"}; real data may have only "plain"), and for the
 Shapes World the ground-truth `record`. Clips differ in size and length, so a
-DataLoader uses `collate_list` (lists, not stacked tensors); packing happens later.
+DataLoader batches them as lists (`train.collate`); packing happens later.
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ def to_user_video(video: torch.Tensor) -> np.ndarray:
     """float [3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
     x = video.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def collate_list(items: list[dict]) -> dict[str, list]:
-    """Batch dicts of mixed-size clips into a dict of lists."""
-    return {key: [item[key] for item in items] for key in items[0]}
 
 
 class ShapesDataset(Dataset):

@@ -186,3 +186,19 @@ def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):
     assert VideoVAE.from_pretrained(second).config.latent_std == vae.config.latent_std  # the DiT's latents stay valid
     with pytest.raises(ValueError, match="no parameter name starts with 'encodr'"):
         train("vae", load_config(TINY, [*sets, 'train.freeze=["encodr"]']), tmp_path / "bad", progress=False)
+
+
+def test_weight_decay_spares_norms_biases_and_embeddings():
+    from patchflow.train import optimizer_groups
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, plain = optimizer_groups(model, 0.5)
+    assert decay["weight_decay"] == 0.5 and plain["weight_decay"] == 0.0
+    assert [tuple(p.shape) for p in decay["params"]] == [(4, 4)]  # the Linear weight only
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.5), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient signal: only weight decay moves a parameter
+    optimizer.step()
+    moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
+    assert moved == [False, True, False, False, False]  # embedding, linear w, linear b, norm w, norm b

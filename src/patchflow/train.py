@@ -163,6 +163,21 @@ def collate(items: list) -> dict:
     return batch
 
 
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices and conv kernels only.
+
+    Norm scales, biases (every parameter with fewer than 2 dims) and embedding tables
+    (`nn.Embedding`) are not decayed: shrinking them towards 0 fights the normalisation
+    rather than regularising (nanoGPT, DiT). Frozen parameters are left out.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, plain = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (plain if p.ndim < 2 or id(p) in embeddings else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
 def micro_seed(seed: int, step: int, micro: int, info: DistInfo, accum: int) -> int:
     # The global micro-batch index (micro * world + rank) is the same for 1 process x 2 accum
     # and 2 processes x 1 accum, so both draw the same noise, timesteps and task masks.
@@ -280,9 +295,8 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
     ema = EMA(wrapped, tc.ema_decay) if tc.ema_decay > 0 else None
     dtype = resolve_precision(tc.precision, info.device)
     fused = info.device.type == "cuda"
-    optimizer = torch.optim.AdamW([p for p in unwrap(wrapped).parameters() if p.requires_grad], lr=tc.lr,
-                                  betas=tuple(tc.betas),
-                                  weight_decay=tc.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(optimizer_groups(unwrap(wrapped), tc.weight_decay), lr=tc.lr,
+                                  betas=tuple(tc.betas), fused=fused)
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
 
     start = 0

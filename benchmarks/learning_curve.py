@@ -1,0 +1,87 @@
+"""Learning curve of a DiT run: held-out accuracy of each saved checkpoint against wall-clock and steps.
+
+    python benchmarks/learning_curve.py runs/shapes-world [--count 48] [--steps 20] [--rows heldout train] [--every 500]
+
+Each checkpoint's EMA weights go into the run's final pipeline (same VAE and text encoder) and are
+judged by `patchflow.model_eval` on the first `--count` items of each row (the same fixed items at
+every checkpoint). Minutes are wall-clock from the run's first logged step, read from log.jsonl, plus
+the time of that first log window. Writes RUN/learning_curve.json and, with matplotlib, the plot
+docs/learning-curve.png (or --plot PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from patchflow.checkpoint import list_checkpoints, load_checkpoint
+from patchflow.model_eval import evaluate_model
+from patchflow.pipeline import VideoPipeline
+
+
+def step_minutes(run: Path) -> dict[int, float]:
+    """Logged step -> minutes since the run started (first record's time minus its window)."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line]
+    first = records[0]
+    start = first["time"] - first["step"] / first["steps_per_s"]
+    return {r["step"]: (r["time"] - start) / 60 for r in records}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--count", type=int, default=48, help="videos per row and checkpoint (default 48)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    parser.add_argument("--rows", nargs="+", default=["heldout"])
+    parser.add_argument("--every", type=int, default=1, help="only checkpoints whose step is a multiple of this")
+    parser.add_argument("--plot", type=Path, default=Path("docs/learning-curve.png"))
+    args = parser.parse_args()
+
+    pipe = VideoPipeline.from_pretrained(args.run)
+    minutes = step_minutes(args.run)
+    out_path = args.run / "learning_curve.json"
+    curve = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    for path in list_checkpoints(args.run / "checkpoints"):
+        state = load_checkpoint(path)
+        step = int(state["step"])
+        if str(step) in curve or step % args.every:
+            continue
+        pipe.transformer.load_state_dict({k: v.float() for k, v in state["ema"].items()})
+        rows = evaluate_model(pipe, rows=args.rows, count=args.count, steps=args.steps, progress=False)
+        curve[str(step)] = {"step": step, "minutes": round(minutes.get(step, float("nan")), 2),
+                            **{row: {k: v for k, v in r.items() if k != "seconds"} for row, r in rows.items()}}
+        print(json.dumps(curve[str(step)]), flush=True)
+        out_path.write_text(json.dumps(curve, indent=1) + "\n")
+        del state
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot (pip install 'patchflow[plot]')")
+        return
+    points = sorted(curve.values(), key=lambda p: p["step"])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for row in args.rows:
+        ax.plot([p["minutes"] for p in points], [100 * p[row]["all"] for p in points], "o-", label=f"{row}: fully correct")
+    ax.set_xlabel("wall-clock minutes of DiT training (2-core CPU)")
+    ax.set_ylabel("% of videos")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    top = ax.secondary_xaxis("top", functions=(lambda m: m, lambda m: m))
+    top.set_xticks([p["minutes"] for p in points][::2], [str(p["step"]) for p in points][::2], fontsize=7)
+    top.set_xlabel("optimizer step")
+    fig.tight_layout()
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.plot, dpi=120)
+    print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Assemble the shipped Shapes World model from the recipe's runs (docs/training.md).
+
+    python scripts/ship_model.py runs/shapes-world runs/shapes-vae-decoder \
+        -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4]
+
+Takes the DiT run's pipeline (its transformer, text encoder, flow settings), swaps in the VAE of the
+decoder-only stage (refused unless its encoder and latent statistics are the ones the DiT was trained
+on: bit for bit), marks the model's world as "shapes" (so prompts outside it are reported), sets the
+default sampler settings chosen by benchmarks/bench_sampler.py, and saves everything in fp16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from patchflow.pipeline import VideoPipeline
+from patchflow.vae import VideoVAE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dit_run", type=Path, help="DiT training run (or pipeline folder)")
+    parser.add_argument("vae_run", type=Path, help="decoder-only VAE run (or its final/vae folder)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="pipeline folder to write (replaced)")
+    parser.add_argument("--steps", type=int, help="default num_inference_steps")
+    parser.add_argument("--guidance", type=float, help="default guidance_scale")
+    args = parser.parse_args()
+
+    pipe = VideoPipeline.from_pretrained(args.dit_run)
+    vae_dir = args.vae_run / "final" / "vae" if (args.vae_run / "final" / "vae").is_dir() else args.vae_run
+    vae = VideoVAE.from_pretrained(vae_dir)
+    old, new = pipe.vae.state_dict(), vae.state_dict()
+    if old.keys() != new.keys() or any(not torch.equal(old[k], new[k]) for k in old if k.startswith("encoder")):
+        raise SystemExit(f"{vae_dir}: its encoder is not the one {args.dit_run} was trained on")
+    if (pipe.vae.config.latent_mean, pipe.vae.config.latent_std) != (vae.config.latent_mean, vae.config.latent_std):
+        raise SystemExit(f"{vae_dir}: its latent statistics differ from the DiT's VAE")
+    pipe.vae = vae
+    pipe.world = "shapes"
+    if args.steps is not None:
+        pipe.defaults["num_inference_steps"] = args.steps
+    if args.guidance is not None:
+        pipe.defaults["guidance_scale"] = args.guidance
+    if args.output.exists():
+        shutil.rmtree(args.output)
+    pipe.save_pretrained(args.output, dtype=torch.float16)
+    size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
+    dit_params = sum(p.numel() for p in pipe.transformer.parameters())
+    print(f"wrote {args.output}: {size / 2**20:.1f} MiB (fp16); DiT {dit_params / 1e6:.1f}M parameters, "
+          f"VAE {vae.num_parameters() / 1e6:.2f}M; defaults {pipe.defaults}")
+
+
+if __name__ == "__main__":
+    main()

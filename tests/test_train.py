@@ -149,7 +149,7 @@ def test_config_errors_name_the_valid_keys(tmp_path):
         load_config(TINY, ["train.stepz=3"])
     with pytest.raises(ValueError, match="unknown config section"):
         load_config(TINY, ["training.steps=3"])
-    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+    with pytest.raises(ValueError, match="data.frames must be 1 \\+ 4k .*got 8; nearest valid: 9"):
         train("dit", load_config(TINY, ["data.frames=[8]"]), tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad" / "checkpoints").exists()
 

@@ -218,17 +218,10 @@ def check_config(config: Config, stage: str) -> None:
 
 def check_data_geometry(config: Config, vae, patch: tuple = (1, 1, 1)) -> None:
     """Clip lengths and sizes the VAE (and DiT patch) can take, before any step runs."""
-    ft, fs = vae.config.ft, vae.config.fs
     for f in config.data.frames:
-        if (f - 1) % ft:
-            raise ValueError(f"data.frames has {f}; the VAE takes 1 + {ft}k frames (e.g. {1 + ft * ((f - 1) // ft)})")
-        if ((f - 1) // ft + 1) % patch[0]:
-            raise ValueError(f"data.frames={f} gives {(f - 1) // ft + 1} latent frames, not a multiple of patch {patch[0]}")
+        vae.check_frames(f, patch[0], name="data.frames")
     for h, w in config.data.sizes:
-        for side in (h, w):
-            if side % (fs * patch[1]):
-                raise ValueError(f"data.sizes has {h}x{w}; sides must be multiples of {fs * patch[1]} "
-                                 f"(VAE fs={fs} x patch {patch[1]})")
+        vae.check_size(h, w, patch[1:], names=("data.sizes height", "data.sizes width"))
 
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:

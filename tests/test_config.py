@@ -41,8 +41,8 @@ def test_model_sections_keep_their_tables():
     (["train.distributed=\"zero\""], ValueError, "train.distributed must be one of 'ddp', 'fsdp'; got 'zero'"),
     (["train.deterministic=true"], ValueError, "train.deterministic must be one of 'auto', 'on', 'off'; got True"),
     (["train.schedule=\"linear\""], ValueError, "train.schedule must be one of 'cosine', 'constant'"),
-    (["data.dataset=\"imagenet\""], ValueError, "data.dataset must be one of 'shapes', 'folder', 'footage', "
-                                                "'footage\\+shapes'; got 'imagenet'"),
+    (["data.dataset=\"imagenet\""], ValueError, ("data.dataset must be one of 'shapes', 'folder', 'footage', "
+                                                 "'footage\\+shapes'; got 'imagenet'")),
     (["data.resize=\"fit\""], ValueError, "data.resize must be one of 'crop', 'pad', 'stretch'; got 'fit'"),
     (["data.split=\"test\""], ValueError, "data.split must be one of 'train', 'heldout', 'all'; got 'test'"),
     (["dit.preset=\"huge\""], ValueError, "dit.preset must be one of .*'tiny'.*; got 'huge'"),

@@ -109,8 +109,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from patchflow.data.io import write_video
     from patchflow.pipeline import VideoPipeline
     from patchflow.pipeline_inputs import prompt_unknown_words
-    from patchflow.vae import frames_rule, nearest_valid_frames
     from patchflow.prompts import PromptWarning, unknown_words_note
+    from patchflow.vae import frames_rule, nearest_valid_frames
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = VideoPipeline.from_pretrained(args.model, device=device)

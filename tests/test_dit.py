@@ -90,7 +90,7 @@ def test_tiny_dit_overfits_one_clip():
     gen = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen)
     text = torch.randn(1, 5, TEXT_DIM, generator=gen)
-    clean, target = pack([x0], (1, 2, 2)), pack([noise - x0], (1, 2, 2)).tokens  # velocity v = eps - x0
+    target = pack([noise - x0], (1, 2, 2)).tokens  # velocity v = eps - x0
     noisy = pack([0.3 * x0 + 0.7 * noise], (1, 2, 2))  # x_t at t = 0.7
     noisy.timesteps.fill_(0.7)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
@@ -101,9 +101,12 @@ def test_tiny_dit_overfits_one_clip():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    print(f"overfit loss {losses[0]:.3f} -> {losses[-1]:.4f}")
-    assert losses[-1] < losses[0] / 10
-    assert clean.tokens.shape == target.shape
+    # Zero-initialised output layers predict v = 0 at first, so the first loss is the target's mean square.
+    assert losses[0] == pytest.approx(target.square().mean().item(), rel=1e-5)
+    # Measured: 2.10 -> 0.0078 (270x) in 40 steps; seeds 0-3 give 246-347x. 100x leaves a margin of
+    # about 2.5 and still fails a model that stops learning halfway (step 20 is only ~15x down).
+    assert losses[-1] < losses[0] / 100, f"overfit loss {losses[0]:.3f} -> {losses[-1]:.4f}"
+    assert losses[-1] < min(losses[:-1]) * 1.5  # and not climbing back up at the end
 
 
 def test_gradient_checkpointing_same_gradients():

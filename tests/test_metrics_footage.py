@@ -70,7 +70,7 @@ def test_evaluate_vae_on_arrays_and_a_heldout_clip():
         assert r["compression"] == pytest.approx((3 * 5 * 32 * 32) / (4 * 2 * 8 * 8))
         assert math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 and r["encode_s"] > 0
     assert "carphone_pristine.mp4" in format_results(results)
-    with pytest.raises(ValueError, match="got 4 frames"):
+    with pytest.raises(ValueError, match="frames must be 1 \\+ 4k .*got 4; nearest valid: 5"):
         evaluate_vae(vae, ["/no/such/file.mp4"], frames=4)  # checked before any reading
     with pytest.raises(ValueError, match="fewer than the 9"):
         evaluate_vae(vae, [random_uint8_video(t=6)], frames=9, height=32, width=32)

@@ -38,9 +38,11 @@ def test_patchify_token_content_and_coords_odd_grid():
 def test_patchify_size_errors():
     with pytest.raises(ValueError, match="latent height 9 is not divisible by patch height 2"):
         patchify(torch.zeros(4, 1, 9, 8), (1, 2, 2))
-    with pytest.raises(ValueError, match=r"multiple of fs\*ph = 16"):
+    with pytest.raises(ValueError, match=r"height must be a multiple of 16 .*got 72; nearest valid: 80"):
         patchify(torch.zeros(4, 1, 9, 8), (1, 2, 2), vae_scale=(4, 8))
     with pytest.raises(ValueError, match="latent frames 5 is not divisible by patch frames 2"):
+        patchify(torch.zeros(4, 5, 8, 8), (2, 2, 2))
+    with pytest.raises(ValueError, match=r"num_frames must be 5 \+ 8k \(5, 13, 21, .*got 17; nearest valid: 21"):
         patchify(torch.zeros(4, 5, 8, 8), (2, 2, 2), vae_scale=(4, 8))
     with pytest.raises(ValueError, match="patch must be 3 positive ints"):
         patchify(torch.zeros(4, 1, 8, 8), (0, 2, 2))

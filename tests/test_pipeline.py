@@ -1,5 +1,6 @@
 """VideoPipeline on a tiny random model: every task, reproducibility, batching, saving, bad input."""
 
+import inspect
 import json
 import warnings
 
@@ -10,6 +11,7 @@ import torch
 import patchflow
 from patchflow.dit import DiT, dit_config
 from patchflow.pipeline import VideoPipeline
+from patchflow.pipeline_inputs import InputError
 from patchflow.tasks import fill_unknown, image_frames, latent_frame_mask, place_conditions
 from patchflow.text import TinyTextEncoder, load_text_encoder
 from patchflow.vae import VAE_PRESETS, VideoVAE
@@ -233,10 +235,10 @@ def test_devices_tiling_and_top_level_api(pipe, tmp_path):
 
 # ---------------------------------------------------------------- bad input, checked before any work
 BAD = [
-    (dict(num_frames=10), ValueError, "num_frames 10: the VAE takes 1 \\+ 4k frames .* use 9 or 13"),
-    (dict(height=20), ValueError, "height 20 must be a multiple of 8 .* use 16 or 24"),
+    (dict(num_frames=10), ValueError, "num_frames must be 1 \\+ 4k \\(1, 5, 9, 13, 17, ...\\) .*got 10; nearest valid: 9"),
+    (dict(height=20), ValueError, "height must be a multiple of 8 .*got 20; nearest valid: 24"),
     (dict(width=0), ValueError, "width must be a positive int"),
-    (dict(prompt=""), ValueError, "prompt 0 is empty"),
+    (dict(prompt=""), ValueError, "prompt is empty"),
     (dict(prompt=["a", "  "]), ValueError, "prompt 1 is empty"),
     (dict(prompt=[]), TypeError, "non-empty list"),
     (dict(num_inference_steps=0), ValueError, "num_inference_steps must be a positive int"),
@@ -273,9 +275,23 @@ def test_bad_input_is_named_before_any_work(pipe, tmp_path, monkeypatch, kwargs,
     kwargs = {k: ([values.get(x, x) for x in v] if k == "image" and isinstance(v, list) else v)
               for k, v in kwargs.items()}
     kwargs.setdefault("prompt", "a red circle")
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as info:
         pipe(**{**FAST, **kwargs})
     assert not calls  # nothing was encoded
+    if error is not FileNotFoundError:  # every rule names the argument it refuses (serve maps it to a field)
+        assert isinstance(info.value, InputError)
+        assert info.value.field in inspect.signature(VideoPipeline.__call__).parameters
+        assert info.value.field == FIELD_OF.get(message, next(iter(kwargs)))
+
+
+FIELD_OF = {  # BAD cases whose field is not the first argument given
+    "9 frames, as many as the result": "video", "18 frames, as many as the result": "video",
+    "fewer than num_frames=13": "video", "image_frame must be an int in \\[0, num_frames=9\\)": "image_frame",
+    "loop=True works with": "loop", "loop=True needs num_frames >= 5": "loop",
+    "regenerates the last 4 frames": "loop", "image is a list of 1, but there are 2 prompts": "image",
+    "strength must be a number in \\[0, 1\\] .*got 1.5": "strength", "extend must be 'forward' or 'backward'": "extend",
+    "exactly one of extend": "video", "broken.png: cannot be read as an image": "image",
+}
 
 
 def test_mismatched_sizes_are_resized_with_a_note_and_partial_frames_warn(pipe):

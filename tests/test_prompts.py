@@ -1,5 +1,6 @@
 """Caption sampling, caption dropout and prompt expansion to the plain Shapes World form."""
 
+import itertools
 import random
 import shutil
 from collections import Counter
@@ -7,7 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
-from patchflow.data.shapes import captions, parse_prompt, sample_scene, short_caption
+from patchflow.data.shapes import (
+    BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, captions, parse_prompt, sample_scene, scene_from_prompt,
+    short_caption,
+)
 from patchflow.prompts import (
     PromptExpander, RuleExpander, TransformersExpander, choose_caption, drop_caption, expand_prompt,
     load_prompt_expander,
@@ -50,8 +54,36 @@ def test_paraphrases_expand_to_plain_captions(prompt, plain):
     parse_prompt(out)  # the world's grammar accepts it
 
 
-def test_at_least_twenty_paraphrases():
+def _training_captions(plain: str) -> set[str]:
+    """Every caption training can show for the scene of `plain`: each size and background its
+    open parts can take, all three styles, detailed ones over many draws."""
+    spec = parse_prompt(plain)
+    forms = set()
+    for sizes in itertools.product(*[[o.size] if o.size else list(SIZES) for o in spec.objects]):
+        for background in [spec.background] if spec.background else list(BACKGROUNDS):
+            objects = " and ".join(f"a {size} {o.color} {o.shape} {o.motion}" for size, o in zip(sizes, spec.objects))
+            record = scene_from_prompt(f"{objects} on a {background} background")
+            for seed in range(12):
+                forms.update(captions(record, seed).values())
+    return forms
+
+
+def test_paraphrases_are_a_real_test_set():
+    # 20+ distinct prompts that expand to their plain captions, which together name every colour,
+    # shape, motion, size and background of the world ...
     assert len(PARAPHRASES) >= 20
+    specs = []
+    for prompt, plain in PARAPHRASES.items():
+        assert expand_prompt(prompt) == plain, prompt
+        specs.append(parse_prompt(plain))
+    objects = [o for spec in specs for o in spec.objects]
+    assert {o.color for o in objects} == set(COLORS) and {o.shape for o in objects} == set(SHAPES)
+    assert {o.motion for o in objects} == set(MOTIONS) and {o.size for o in objects} >= set(SIZES)
+    assert {spec.background for spec in specs} >= set(BACKGROUNDS)
+    assert any(len(spec.objects) == 2 for spec in specs)
+    # ... and none of them is a caption training uses: its expansion would be a fixed point, testing nothing
+    for prompt, plain in PARAPHRASES.items():
+        assert prompt not in _training_captions(plain), prompt
 
 
 def test_plain_captions_are_fixed_points_and_short_captions_expand():

@@ -108,6 +108,6 @@ def test_page_names_the_bad_field(server, browser):
     frames.send_keys("6")  # not 1 + 4k
     browser.find_element(By.ID, "generate").click()
     wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
-    assert "num_frames 6" in browser.find_element(By.ID, "error").text
+    assert "got 6" in browser.find_element(By.ID, "error").text
     assert "invalid" in frames.get_attribute("class")
     assert browser.find_element(By.ID, "player").get_attribute("hidden") is not None  # no video for bad input

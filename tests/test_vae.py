@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from patchflow.metrics import psnr
-from patchflow.vae import VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, measure_latent_stats
+from patchflow.vae import (VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, check_frames, measure_latent_stats,
+                           nearest_valid_frames)
 from patchflow.vae_loss import VAELoss, VAELossConfig
 
 
@@ -135,11 +137,32 @@ def test_spatial_tiling_close_to_untiled():
 
 
 # ---------------------------------------------------------------- bad input
+def test_frame_and_size_rules_name_the_valid_values():
+    vae = VideoVAE(VAE_PRESETS["tiny"]())  # ft = 4, fs = 4
+    assert [vae.latent_frames(n) for n in (1, 5, 17)] == [1, 2, 5]
+    assert [nearest_valid_frames(n, 4) for n in (0, 2, 3, 6, 7, 15, 16)] == [1, 1, 5, 5, 9, 17, 17]  # ties round up
+    assert vae.valid_frame_counts(30, pt=2) == [5, 13, 21, 29]  # 2, 4, 6, 8 latent frames
+    assert [nearest_valid_frames(n, 4, 2) for n in (1, 9, 10)] == [5, 13, 13]
+    assert vae.check_frames(13) == 13 and vae.check_size(8, 12) == (8, 12) and vae.check_size(16, 8, (2, 2))
+    with pytest.raises(ValueError, match=re.escape("num_frames must be 1 + 4k (1, 5, 9, 13, 17, ...) for the "
+                                                   "causal VAE, got 16; nearest valid: 17")):
+        vae.latent_frames(16)
+    with pytest.raises(ValueError, match=re.escape("data.frames must be 5 + 8k (5, 13, 21, 29, 37, ...) for the "
+                                                   "causal VAE and the DiT's temporal patch 2, got 9; nearest valid: 13")):
+        vae.check_frames(9, pt=2, name="data.frames")
+    with pytest.raises(ValueError, match=re.escape("width must be a multiple of 8 (8, 16, 24, ...) for the VAE (fs=4) "
+                                                   "and the DiT's patch 2, got 12; nearest valid: 16")):
+        vae.check_size(16, 12, (2, 2))
+    for bad in (0, 2.0, True, "5"):
+        with pytest.raises(ValueError, match="num_frames must be a positive int"):
+            check_frames(bad, 4)
+
+
 @pytest.mark.parametrize("shape,dtype,scale,error,message", [
-    ((1, 3, 16, 16, 16), torch.float32, 1.0, ValueError, "got 16 frames; the VAE takes 1 + 4k frames: 13 or 17"),
-    ((1, 3, 2, 16, 16), torch.float32, 1.0, ValueError, "got 2 frames; the VAE takes 1 + 4k frames: 1 or 5"),
-    ((1, 3, 5, 30, 16), torch.float32, 1.0, ValueError, "height 30 is not divisible by the spatial factor fs=4; use 28 or 32"),
-    ((1, 3, 5, 16, 2), torch.float32, 1.0, ValueError, "width 2 is not divisible by the spatial factor fs=4; use 4"),
+    ((1, 3, 16, 16, 16), torch.float32, 1.0, ValueError, "num_frames must be 1 + 4k (1, 5, 9, 13, 17, ...) for the causal VAE, got 16; nearest valid: 17"),
+    ((1, 3, 2, 16, 16), torch.float32, 1.0, ValueError, "num_frames must be 1 + 4k (1, 5, 9, 13, 17, ...) for the causal VAE, got 2; nearest valid: 1"),
+    ((1, 3, 5, 30, 16), torch.float32, 1.0, ValueError, "height must be a multiple of 4 (4, 8, 12, ...) for the VAE (fs=4), got 30; nearest valid: 32"),
+    ((1, 3, 5, 16, 2), torch.float32, 1.0, ValueError, "width must be a multiple of 4 (4, 8, 12, ...) for the VAE (fs=4), got 2; nearest valid: 4"),
     ((1, 3, 5, 16, 16), torch.uint8, 1.0, TypeError, "convert to float in [-1, 1]"),
     ((1, 3, 5, 16, 16), torch.int64, 1.0, TypeError, "float tensor"),
     ((1, 3, 5, 16, 16), torch.float32, 2.0, ValueError, "values must lie in [-1, 1]"),
@@ -149,7 +172,7 @@ def test_spatial_tiling_close_to_untiled():
 def test_bad_video_errors(shape, dtype, scale, error, message):
     vae = VideoVAE(VAE_PRESETS["tiny"]())
     x = (torch.linspace(-1, 1, torch.Size(shape).numel()).view(shape) * scale).to(dtype)
-    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
+    with pytest.raises(error, match=re.escape(message)):
         vae.encode(x)
 
 

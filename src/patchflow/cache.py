@@ -30,7 +30,7 @@ def cache_key(config: Config) -> dict:
     """What a cache depends on: the data section (minus cache/workers), the VAE and the text encoder."""
     data = {k: v for k, v in config.to_dict()["data"].items() if k not in ("cache", "workers", "caption_dropout",
                                                                             "caption_styles", "length")}
-    return {"data": data, "vae": config.vae, "text": config.text, "seed": config.train.seed}
+    return {"data": data, "vae": config.vae.table(), "text": config.text.table(), "seed": config.train.seed}
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def build_cache(config: Config, out: str | Path, items: int, progress: bool = Tr
         raise ValueError(f"{out} holds a cache of other data or another VAE; choose another --out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vae = load_vae(config.vae, device).eval()
-    text = TextEmbeddingCache(out / "text", load_text_encoder(config.text["encoder"], device))
+    text = TextEmbeddingCache(out / "text", load_text_encoder(config.text.encoder, device))
     dataset = build_dataset(config, "dit")
     (out / "latents").mkdir(parents=True, exist_ok=True)
     total = min(items, len(dataset))

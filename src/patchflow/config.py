@@ -11,7 +11,10 @@ A run's config is the defaults below, then a TOML file's tables, then
     [data]  [tasks]  [train]            # below
 
 Model components keep their own config dataclasses next to their code; this file
-only holds what a training run adds (data, task mixture, optimisation).
+holds how a run names them (`DiTSection`, `VAESection`, `TextSection`: a preset or a
+path plus field overrides) and what a training run adds (data, task mixture,
+optimisation). Every fixed-choice field is checked in its dataclass's
+`__post_init__`, so a bad value fails when the config is read, naming the valid ones.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchflow.dit import DiTConfig, dit_config
+from patchflow.data.io import RESIZE_MODES
+from patchflow.data.shapes import SPLITS
+from patchflow.dit import DIT_PRESETS, DiTConfig, dit_config
 from patchflow.flow import FlowConfig
+from patchflow.text import check_text_encoder_spec
 from patchflow.vae import VAE_PRESETS, VAEConfig
 from patchflow.vae_loss import VAELossConfig
 from patchflow.weights import config_from_dict
@@ -35,6 +41,108 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+DATASETS = ("shapes", "folder", "footage", "footage+shapes")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PACKINGS = ("pack", "pad")
+DISTRIBUTED = ("ddp", "fsdp")
+SWITCHES = ("auto", "on", "off")
+
+
+def _choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def _overrides(section: str, cls: type, values: dict) -> dict:
+    """`values` if every key is a field of `cls`, else a ValueError naming the valid keys."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        valid = sorted({"preset"} | ({"path"} if section == "vae" else set()) | {f.name for f in dataclasses.fields(cls)})
+        raise ValueError(f"unknown key(s) {unknown} in [{section}]; valid keys: {valid}")
+    return dict(values)
+
+
+# ---------------------------------------------------------------- the model sections
+# A TOML table names a preset (or, for the VAE, a trained folder) and amends it with fields of the
+# component's own config; `table()` gives back exactly the keys that were set (config.json, cache keys).
+@dataclass
+class DiTSection:
+    """[dit]: a preset of dit.DIT_PRESETS amended by DiTConfig fields, e.g. depth = 4."""
+
+    preset: str = "tiny"
+    overrides: dict = field(default_factory=dict)  # DiTConfig fields; in_channels/text_dim default to the VAE/text
+
+    def __post_init__(self) -> None:
+        _choice("dit.preset", self.preset, tuple(DIT_PRESETS))
+        self.overrides = _overrides("dit", DiTConfig, self.overrides)
+
+    @classmethod
+    def from_table(cls, table: dict) -> DiTSection:
+        table = dict(table)
+        return cls(preset=table.pop("preset", "tiny"), overrides=table)
+
+    def table(self) -> dict:
+        return {"preset": self.preset, **self.overrides}
+
+    def build(self, in_channels: int, text_dim: int) -> DiTConfig:
+        """The DiT config, sized to the VAE's latent channels and the text width unless overridden."""
+        return dit_config(self.preset, **{"in_channels": in_channels, "text_dim": text_dim, **self.overrides})
+
+
+@dataclass
+class VAESection:
+    """[vae]: a trained VAE folder (`path`), or a preset of vae.VAE_PRESETS amended by VAEConfig fields.
+
+    With a path the preset and fields are not used (a --set vae.path=... may point any config at a
+    trained VAE)."""
+
+    path: str = ""                                  # a trained VAE folder, e.g. runs/shapes-vae/final/vae
+    preset: str = ""                                # "" = "tiny" (when there is no path)
+    overrides: dict = field(default_factory=dict)   # VAEConfig fields
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            raise ValueError(f"vae.path must be a folder path string, got {self.path!r}")
+        if self.preset:
+            _choice("vae.preset", self.preset, tuple(VAE_PRESETS))
+        self.overrides = _overrides("vae", VAEConfig, self.overrides)
+        if not self.path:
+            self.build()  # VAEConfig checks its own values
+
+    @classmethod
+    def from_table(cls, table: dict) -> VAESection:
+        table = dict(table)
+        return cls(path=table.pop("path", ""), preset=table.pop("preset", ""), overrides=table)
+
+    def table(self) -> dict:
+        return {**({"path": self.path} if self.path else {}), **({"preset": self.preset} if self.preset else {}),
+                **self.overrides}
+
+    def build(self) -> VAEConfig:
+        """The VAE config of the preset and fields (a `path` is loaded by the caller)."""
+        base = dataclasses.asdict(VAE_PRESETS[self.preset or "tiny"]())
+        return config_from_dict(VAEConfig, {**base, **self.overrides})
+
+
+@dataclass
+class TextSection:
+    """[text]: the text encoder, "minilm" (all-MiniLM-L6-v2, the default), "tiny" or a model folder."""
+
+    encoder: str = "minilm"
+
+    def __post_init__(self) -> None:
+        check_text_encoder_spec(self.encoder)
+
+    @classmethod
+    def from_table(cls, table: dict) -> TextSection:
+        return config_from_dict(cls, table)
+
+    def table(self) -> dict:
+        return {"encoder": self.encoder}
+
+
+# ---------------------------------------------------------------- what a training run adds
 @dataclass
 class DataConfig:
     dataset: str = "shapes"          # shapes (built-in world) | folder (videos+captions) | footage | footage+shapes (VAE)
@@ -50,6 +158,11 @@ class DataConfig:
     length: int = 10_000_000         # virtual length of generated datasets (Shapes World, footage)
     workers: int = 0                 # DataLoader worker processes (0 = in the training process)
     cache: str = ""                  # folder of precomputed latents/text states (`patchflow cache`)
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, DATASETS)
+        _choice("data.split", self.split, SPLITS)
+        _choice("data.resize", self.resize, RESIZE_MODES)
 
 
 @dataclass
@@ -103,12 +216,19 @@ class TrainConfig:
     sample_steps: int = 20
     max_bad_steps: int = 5           # consecutive NaN/inf losses before the run stops
 
+    def __post_init__(self) -> None:
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.packing", self.packing, PACKINGS)
+        _choice("train.distributed", self.distributed, DISTRIBUTED)
+        _choice("train.deterministic", self.deterministic, SWITCHES)
+
 
 @dataclass
 class Config:
-    dit: dict = field(default_factory=lambda: {"preset": "tiny"})
-    vae: dict = field(default_factory=lambda: {"preset": "tiny"})
-    text: dict = field(default_factory=lambda: {"encoder": "minilm"})
+    dit: DiTSection = field(default_factory=DiTSection)
+    vae: VAESection = field(default_factory=lambda: VAESection(preset="tiny"))
+    text: TextSection = field(default_factory=TextSection)
     flow: FlowConfig = field(default_factory=FlowConfig)
     vae_loss: VAELossConfig = field(default_factory=VAELossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,27 +236,20 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Nested plain dicts, the TOML tables' form (what a run's config.json holds)."""
+        return {name: section_table(self, name) for name in SECTIONS}
 
 
-# Valid keys of the free-form model sections: the component config's fields plus how to find it.
-_SECTION_KEYS = {
-    "dit": {"preset"} | {f.name for f in dataclasses.fields(DiTConfig)},
-    "vae": {"preset", "path"} | {f.name for f in dataclasses.fields(VAEConfig)},
-    "text": {"encoder"},
-}
+_MODEL = {"dit": DiTSection, "vae": VAESection, "text": TextSection}
 _TYPED = {"flow": FlowConfig, "vae_loss": VAELossConfig, "data": DataConfig, "tasks": TaskConfig, "train": TrainConfig}
+SECTIONS = (*_MODEL, *_TYPED)
 
 
-def _check_section(name: str, values: dict) -> None:
-    if name in _SECTION_KEYS:
-        unknown = sorted(set(values) - _SECTION_KEYS[name])
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in [{name}]; valid keys: {sorted(_SECTION_KEYS[name])}")
-    elif name in _TYPED:
-        config_from_dict(_TYPED[name], values)  # raises naming the valid keys
-    else:
-        raise ValueError(f"unknown config section [{name}]; valid sections: {sorted([*_SECTION_KEYS, *_TYPED])}")
+def section_table(config: Config, name: str) -> dict:
+    """Section `name` of `config` as its TOML table (plain, JSON-safe values)."""
+    section = getattr(config, name)
+    table = section.table() if name in _MODEL else dataclasses.asdict(section)
+    return json.loads(json.dumps(table))
 
 
 def _parse_value(text: str) -> Any:
@@ -151,16 +264,16 @@ def config_from_data(data: dict) -> Config:
     """Build a Config from nested dicts (TOML tables or a saved run's config.json)."""
     config = Config()
     for name, values in data.items():
+        if name not in SECTIONS:
+            raise ValueError(f"unknown config section [{name}]; valid sections: {sorted(SECTIONS)}")
         if not isinstance(values, dict):
             raise ValueError(f"config entry {name!r} must be a table like [{name}], got {values!r}")
-        _check_section(name, values)
-        if name in _SECTION_KEYS:
+        if name in _MODEL:
             # A table naming its own preset or path replaces the default; otherwise it amends it.
-            base = {} if {"preset", "path"} & set(values) else getattr(config, name)
-            setattr(config, name, {**base, **values})
+            base = {} if {"preset", "path"} & set(values) else section_table(config, name)
+            setattr(config, name, _MODEL[name].from_table({**base, **values}))
         else:
-            current = dataclasses.asdict(getattr(config, name))
-            setattr(config, name, config_from_dict(_TYPED[name], {**current, **values}))
+            setattr(config, name, config_from_dict(_TYPED[name], {**section_table(config, name), **values}))
     return config
 
 
@@ -181,28 +294,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ValueError(f"--set {item!r}: expected section.key=value, e.g. train.steps=100")
-        table = (dataclasses.asdict(getattr(config, section)) if section in _TYPED
-                 else dict(getattr(config, section)) if section in _SECTION_KEYS else {})
+        table = section_table(config, section) if section in SECTIONS else {}
         table[name] = _parse_value(value.strip())
-        config = config_from_data({**{s: dataclasses.asdict(getattr(config, s)) for s in _TYPED},
-                                   **{s: getattr(config, s) for s in _SECTION_KEYS}, section: table})
+        config = config_from_data({**config.to_dict(), section: table})
     return config
-
-
-def build_dit_config(section: dict, in_channels: int, text_dim: int) -> DiTConfig:
-    """The DiT config of a [dit] table, sized to the VAE's latent channels and the text width."""
-    values = dict(section)
-    preset = values.pop("preset", "tiny")
-    values.setdefault("in_channels", in_channels)
-    values.setdefault("text_dim", text_dim)
-    return dit_config(preset, **values)
-
-
-def build_vae_config(section: dict) -> VAEConfig:
-    """The VAE config of a [vae] table with a preset (a `path` is loaded by the caller)."""
-    values = {k: v for k, v in section.items() if k not in ("preset", "path")}
-    preset = section.get("preset", "tiny")
-    if preset not in VAE_PRESETS:
-        raise ValueError(f"unknown VAE preset {preset!r}; choose from {sorted(VAE_PRESETS)}")
-    base = dataclasses.asdict(VAE_PRESETS[preset]())
-    return config_from_dict(VAEConfig, {**base, **values})

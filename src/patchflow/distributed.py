@@ -56,9 +56,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def wrap_model(model: nn.Module, info: DistInfo, mode: str) -> nn.Module:
-    """DDP or FSDP2 around `model` when there are several processes; the model itself otherwise."""
-    if mode not in ("ddp", "fsdp"):
-        raise ValueError(f"train.distributed must be 'ddp' or 'fsdp', got {mode!r}")
+    """DDP (`mode` "ddp") or FSDP2 ("fsdp", as checked by TrainConfig) around `model` when there are
+    several processes; the model itself otherwise."""
     if not info.enabled:
         return model
     if mode == "ddp":

@@ -108,18 +108,19 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from patchflow.data.io import write_video
     from patchflow.pipeline import VideoPipeline
-    from patchflow.pipeline_inputs import nearest_valid_frames, prompt_unknown_words
+    from patchflow.pipeline_inputs import prompt_unknown_words
     from patchflow.prompts import PromptWarning, unknown_words_note
+    from patchflow.vae import frames_rule, nearest_valid_frames
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = VideoPipeline.from_pretrained(args.model, device=device)
     loaded = time.perf_counter()
-    ft = pipe.vae.config.ft
+    ft, pt = pipe.vae.config.ft, pipe.transformer.config.patch_size[0]
     frames = args.frames
-    if frames is not None and frames >= 1 and (frames - 1) % ft:
-        rounded = nearest_valid_frames(frames, ft)
-        print(f"patchflow generate: note: --frames {frames} rounded to {rounded} (the VAE takes 1 + {ft}k frames)",
-              file=sys.stderr)
+    if frames is not None and frames >= 1 and nearest_valid_frames(frames, ft, pt) != frames:
+        rounded = nearest_valid_frames(frames, ft, pt)
+        print(f"patchflow generate: note: --frames {frames} rounded to {rounded} (the model takes "
+              f"{frames_rule(ft, pt)} frames)", file=sys.stderr)
         frames = rounded
     paths = output_paths(args.output, prompts, args.seed, frames or pipe.defaults["num_frames"])
     for prompt, words in zip(prompts, prompt_unknown_words(pipe, prompts, not args.no_expand)):

@@ -121,7 +121,7 @@ def evaluate_vae(vae, paths_or_videos: Sequence, frames: int = 17, height: int =
     `height x width`. Returns one dict per clip: name, frames, height, width,
     psnr (dB), ssim, compression (pixel values / latent values), encode_s, decode_s.
     """
-    vae.latent_shape(frames, height, width)  # checks frames/height/width before reading anything
+    vae.check_frames(frames, name="frames"), vae.check_size(height, width)  # before reading anything
     vae = vae.to(device).eval()
     results = []
     for item in paths_or_videos:

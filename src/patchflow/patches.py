@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 import torch
 from einops import rearrange
 
+from patchflow.vae import check_frames, check_size
+
 Patch = tuple[int, int, int]
 
 
@@ -42,21 +44,19 @@ def check_divisible(shape_thw: tuple[int, int, int], patch: Patch,
                     vae_scale: tuple[int, int] | None = None) -> None:
     """Raise a ValueError naming the size rule when a latent dim does not divide by the patch.
 
-    vae_scale = (ft, fs), the VAE's temporal and spatial compression, turns the
-    message into the pixel-size rule a user can act on.
+    vae_scale = (ft, fs), the VAE's temporal and spatial compression, states the rule in the pixel
+    sizes a user gives instead (the VAE's own check_frames / check_size, which own that rule).
     """
+    if vae_scale is not None:
+        ft, fs = vae_scale
+        t, h, w = shape_thw
+        check_frames(1 + (t - 1) * ft, ft, patch[0])  # causal VAE: T' = 1 + (T - 1) / ft
+        check_size(h * fs, w * fs, fs, patch[1:])
+        return
     names = ("frames", "height", "width")
     for i, (size, p) in enumerate(zip(shape_thw, patch)):
-        if size % p == 0:
-            continue
-        msg = f"latent {names[i]} {size} is not divisible by patch {names[i]} {p}"
-        if vae_scale is not None:
-            ft, fs = vae_scale
-            if i == 0:  # causal VAE: T' = 1 + (T - 1) / ft, so T' % pt == 0 needs T = 1 + ft * (k*pt - 1)
-                msg += f": use a pixel frame count 1 + {ft}*(k*{p} - 1), e.g. {1 + ft * (p - 1)} or {1 + ft * (2 * p - 1)}"
-            else:
-                msg += f": use a pixel {names[i]} that is a multiple of fs*p{names[i][0]} = {fs * p}"
-        raise ValueError(msg)
+        if size % p:
+            raise ValueError(f"latent {names[i]} {size} is not divisible by patch {names[i]} {p}")
 
 
 def patchify(latent: torch.Tensor, patch: Patch,

@@ -291,9 +291,12 @@ class VideoPipeline:
         output_type: "np" uint8 [T, H, W, 3] (a list prompt: [B, T, H, W, 3]); "pt" float [(B,) 3, T, H, W]
             in [-1, 1]; "pil" a list of PIL frames (per prompt for a list).
         """
-        req = check_request(self, prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-                            negative_prompt, seed, generator, image, image_frame, video, extend, end_video, loop,
-                            strength, sampler, shift, expand_prompt, output_type, callback_on_step_end, progress)
+        req = check_request(self, prompt=prompt, num_frames=num_frames, height=height, width=width,
+                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                            negative_prompt=negative_prompt, seed=seed, generator=generator, image=image,
+                            image_frame=image_frame, video=video, extend=extend, end_video=end_video, loop=loop,
+                            strength=strength, sampler=sampler, shift=shift, expand_prompt=expand_prompt,
+                            output_type=output_type, callback_on_step_end=callback_on_step_end, progress=progress)
         notes = [f"{p!r}: {unknown_words_note(words)}"
                  for p, words in zip([prompt] if req.single else prompt, req.unknown_words) if words]
         if notes:

@@ -3,9 +3,11 @@
 A request is a dict of fields (from JSON, or from a multipart form where every value is a string
 and media are file parts). `parse_generation` checks each field against its rule and the server's
 `Limits`, decodes media in memory (never a path: a request cannot name a file on this machine),
-resizes them to the requested size, and finally lets the pipeline's own `check_request` judge the
-whole task. Every refusal is an `ApiError` naming the field: 422 for a broken rule, 413 for a
-value over a limit.
+resizes them to the requested size, and lets the pipeline's own checks judge the request
+(`pipeline_inputs`: the fields' rules before decoding, `check_request` on the whole task after).
+No rule of the request is restated here: each `InputError` names its argument, which maps to the
+field. Every refusal is an `ApiError` naming the field: 422 for a broken rule, 413 for a value
+over a limit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,9 +121,8 @@ def _bool(value: Any, field: str, form: bool) -> bool:
     return value
 
 
-def _within(value: int, field: str, low: int, high: int, limit_name: str) -> int:
-    if value < low:
-        raise _bad(field, f"must be >= {low}, got {value}")
+def _within(value: int, field: str, high: int, limit_name: str) -> int:
+    """The server's upper limit (413); the lower bounds are the pipeline's rules."""
     if value > high:
         raise ApiError(413, field, f"{field}: {value} is over the server's limit of {high} ({limit_name})")
     return value
@@ -198,12 +200,31 @@ def decode_video(data: bytes, field: str, height: int, width: int, max_frames: i
 
 
 # ---------------------------------------------------------------- the whole request
+def _api_field(argument: str) -> str:
+    """The request field of a `VideoPipeline` argument (InputError.field); "request" if it has none."""
+    field = {"num_inference_steps": "steps"}.get(argument, argument)
+    return field if field in FIELDS else "request"
+
+
+def _judged(check: Callable[[], Any]) -> Any:
+    """Run one of the pipeline's checks, turning its InputError into a 422 on the field it names."""
+    from patchflow.pipeline_inputs import InputError
+
+    try:
+        return check()
+    except InputError as e:
+        raise ApiError(422, _api_field(e.field), str(e)) from None
+
+
 def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = False) -> Generation:
     """Check a request's fields (JSON values, or strings and bytes when `form`) -> a `Generation`.
 
-    Raises ApiError (422 a broken rule, 413 over a limit), naming the field, before any model work.
+    This parses the fields' types and holds them to the server's limits; every rule of the request
+    itself is the pipeline's (pipeline_inputs), run before media are decoded and again on the whole
+    request after. Raises ApiError (422 a broken rule, 413 over a limit), naming the field, before any
+    model work.
     """
-    from patchflow.pipeline_inputs import check_frames, check_request, check_side
+    from patchflow.pipeline_inputs import check_geometry, check_request, check_sampler, check_task, check_text
     from patchflow.tasks import context_frames, plan_windows
 
     if not isinstance(fields, dict):
@@ -214,64 +235,39 @@ def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = 
     if unknown:
         raise _bad(unknown[0], f"unknown field; known fields: {', '.join(FIELDS)}")
     d, ft = pipe.defaults, pipe.vae.config.ft
-    patch = pipe.transformer.config.patch_size
     get = fields.get
 
     if "prompt" not in fields:
         raise _bad("prompt", "is required: describe the video, e.g. 'a red circle moving right'")
     prompt = _text(fields["prompt"], "prompt", limits.max_prompt_chars)
-    if not prompt.strip():
-        raise _bad("prompt", "is empty: describe the video, e.g. 'a red circle moving right'")
     negative = _text(get("negative_prompt", ""), "negative_prompt", limits.max_prompt_chars)
 
     num_frames = _int(get("num_frames", d["num_frames"]), "num_frames", form)
     height = _int(get("height", d["height"]), "height", form)
     width = _int(get("width", d["width"]), "width", form)
     steps = _int(get("steps", d["num_inference_steps"]), "steps", form)
-    _within(num_frames, "num_frames", 1, limits.max_frames, "--max-frames")
-    _within(height, "height", 1, limits.max_size, "--max-size")
-    _within(width, "width", 1, limits.max_size, "--max-size")
-    _within(steps, "steps", 1, limits.max_steps, "--max-steps")
-    for field, check in (("num_frames", lambda: check_frames(num_frames, ft)),
-                         ("height", lambda: check_side(height, pipe.vae.config.fs * patch[1], pipe.vae.config.fs,
-                                                       patch[1], "height")),
-                         ("width", lambda: check_side(width, pipe.vae.config.fs * patch[2], pipe.vae.config.fs,
-                                                      patch[2], "width"))):
-        try:
-            check()
-        except ValueError as e:
-            raise ApiError(422, field, str(e)) from None
-
+    _within(num_frames, "num_frames", limits.max_frames, "--max-frames")
+    _within(height, "height", limits.max_size, "--max-size")
+    _within(width, "width", limits.max_size, "--max-size")
+    _within(steps, "steps", limits.max_steps, "--max-steps")
     guidance = _float(get("guidance_scale", d["guidance_scale"]), "guidance_scale", form)
-    if not 0 <= guidance <= MAX_GUIDANCE:
-        raise _bad("guidance_scale", f"must be in [0, {MAX_GUIDANCE:g}] (1 = no guidance), got {guidance:g}")
+    if guidance > MAX_GUIDANCE:
+        raise _bad("guidance_scale", f"{guidance:g} is over the server's limit of {MAX_GUIDANCE:g} (1 = no guidance)")
     seed = get("seed")
     seed = random.SystemRandom().randrange(2**31) if seed is None else _int(seed, "seed", form)
     if not 0 <= seed <= MAX_SEED:
         raise _bad("seed", f"must be in [0, {MAX_SEED}], got {seed}")
-
     extend = get("extend")
-    if extend is not None and extend not in ("forward", "backward"):
-        raise _bad("extend", f"must be 'forward' or 'backward', got {extend!r}")
     loop = _bool(get("loop", False), "loop", form)
     strength = None if get("strength") is None else _float(get("strength"), "strength", form)
-    if strength is not None and not 0 <= strength <= 1:
-        raise _bad("strength", f"must be in [0, 1] (0 keeps the video, 1 ignores it), got {strength:g}")
 
-    # which task: the same rules as VideoPipeline, said in terms of the request's fields
+    # the pipeline's rules that need no media, before any upload is decoded
     given = {name for name in MEDIA_FIELDS if get(name) is not None}
-    if "video" not in given:
-        for name, present in (("extend", extend is not None), ("strength", strength is not None),
-                              ("end_video", "end_video" in given)):
-            if present:
-                raise _bad(name, "needs video (the clip to extend, edit or connect from)")
-    elif sum([extend is not None, strength is not None, "end_video" in given]) != 1:
-        raise _bad("video", "give exactly one of extend ('forward'|'backward'), end_video (connect) or strength (edit)")
-    if "image" in given and "video" in given:
-        raise _bad("image", "cannot be combined with video; use video alone to extend or edit a clip")
-    if loop and (strength is not None or extend == "backward" or "end_video" in given):
-        raise _bad("loop", "works with text-to-video, image and extend 'forward', not with edits, backward "
-                           "extension or end_video")
+    _judged(lambda: check_text(prompt=prompt, negative_prompt=negative))
+    _judged(lambda: check_geometry(pipe, num_frames=num_frames, height=height, width=width))
+    _judged(lambda: check_sampler(defaults=d, num_inference_steps=steps, guidance_scale=guidance))
+    _judged(lambda: check_task(image=get("image"), video=get("video"), end_video=get("end_video"), extend=extend,
+                               loop=loop, strength=strength))
 
     media = {}
     for name in sorted(given):
@@ -282,22 +278,12 @@ def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = 
     kwargs = dict(prompt=prompt, negative_prompt=negative, num_frames=num_frames, height=height, width=width,
                   num_inference_steps=steps, guidance_scale=guidance, seed=seed, extend=extend, loop=loop,
                   strength=strength, **media)
-    try:  # the pipeline's own rules for the whole task (clip lengths, loops, windows)
-        req = check_request(pipe, **kwargs)
-    except (ValueError, TypeError) as e:
-        words = str(e).split()
-        first = words[0].split("=")[0] if words else ""
-        field = first if first in FIELDS else ("video" if "clip" in str(e) else "request")
-        raise ApiError(422, field, str(e)) from None
+    req = _judged(lambda: check_request(pipe, **kwargs))  # the whole task: clip lengths, loops, windows
     overlap = context_frames(req.window, ft, req.direction) if req.num_frames > req.window else 0
     windows = len(plan_windows(req.num_frames, req.window, overlap, req.direction))
     total_steps = windows * steps + (steps if req.loop is not None else 0)
-
-    task = ("edit" if strength is not None else "connect" if "end_video" in given
-            else f"extend {extend}" if extend else "image-to-video" if "image" in given
-            else "text-to-image" if num_frames == 1 else "text-to-video")
     summary = {"prompt": prompt, "negative_prompt": negative, "num_frames": num_frames, "height": height,
-               "width": width, "steps": steps, "guidance_scale": guidance, "seed": seed, "task": task,
+               "width": width, "steps": steps, "guidance_scale": guidance, "seed": seed, "task": req.task,
                "loop": loop, "strength": strength,
                "unknown_words": req.unknown_words[0]}  # what a Shapes World model cannot place; still generated
     return Generation(kwargs=kwargs, summary=summary, total_steps=total_steps)

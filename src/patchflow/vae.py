@@ -95,9 +95,63 @@ class LatentDist:
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3, 4))
 
 
-def _nearest_valid(n: int, step: int) -> str:
-    lower = 1 + step * ((n - 1) // step)
-    return f"{lower} or {lower + step}" if n > 1 else f"1 or {1 + step}"
+# ---------------------------------------------------------------- the frame and size rules
+# The one place the VAE's shape rules live; the pipeline, the server, training and patchify call these.
+# A DiT patch of pt latent frames (ph x pw latent pixels) narrows them: T' = 1 + (T - 1) / ft must be a
+# multiple of pt, so T = 1 + ft (k pt - 1); H and W multiples of fs ph and fs pw.
+
+def _frame_steps(ft: int, pt: int) -> tuple[int, int]:
+    """(first, step): the valid pixel frame counts are first + step k, k >= 0."""
+    return 1 + ft * (pt - 1), ft * pt
+
+
+def frames_rule(ft: int, pt: int = 1) -> str:
+    """The frame-count rule in words: '1 + 4k (1, 5, 9, 13, 17, ...)'."""
+    first, step = _frame_steps(ft, pt)
+    examples = ", ".join(str(first + step * k) for k in range(5))
+    return f"{first} + {step}k ({examples}, ...)"
+
+
+def nearest_valid_frames(num_frames: int, ft: int, pt: int = 1) -> int:
+    """The valid frame count nearest to `num_frames` (ties round up)."""
+    first, step = _frame_steps(ft, pt)
+    return first + step * max(0, math.floor((num_frames - first) / step + 0.5))
+
+
+def check_frames(num_frames: object, ft: int, pt: int = 1, name: str = "num_frames") -> int:
+    """`num_frames` if the VAE (and a DiT temporal patch of `pt` latent frames) can take it, else ValueError."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"{name} must be a positive int, got {num_frames!r}")
+    first, step = _frame_steps(ft, pt)
+    if num_frames < first or (num_frames - first) % step:
+        why = "the causal VAE" + (f" and the DiT's temporal patch {pt}" if pt > 1 else "")
+        raise ValueError(f"{name} must be {frames_rule(ft, pt)} for {why}, got {num_frames}; "
+                         f"nearest valid: {nearest_valid_frames(num_frames, ft, pt)}")
+    return num_frames
+
+
+def latent_frames(num_frames: int, ft: int) -> int:
+    """T' = 1 + (T - 1) / ft for a valid pixel frame count T (checked)."""
+    return 1 + (check_frames(num_frames, ft) - 1) // ft
+
+
+def check_side(n: object, fs: int, p: int = 1, name: str = "height") -> int:
+    """`n` if it is a positive multiple of fs p (VAE downsampling x DiT patch), else ValueError."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+    unit = fs * p
+    if n % unit:
+        why = f"the VAE (fs={fs})" + (f" and the DiT's patch {p}" if p > 1 else "")
+        nearest = unit * max(1, math.floor(n / unit + 0.5))
+        raise ValueError(f"{name} must be a multiple of {unit} ({unit}, {2 * unit}, {3 * unit}, ...) for {why}, "
+                         f"got {n}; nearest valid: {nearest}")
+    return n
+
+
+def check_size(height: object, width: object, fs: int, patch: tuple[int, int] = (1, 1),
+               names: tuple[str, str] = ("height", "width")) -> tuple[int, int]:
+    """(height, width) if both are positive multiples of fs x the DiT patch (ph, pw), else ValueError."""
+    return check_side(height, fs, patch[0], names[0]), check_side(width, fs, patch[1], names[1])
 
 
 def _tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int]]:
@@ -141,26 +195,31 @@ class VideoVAE(nn.Module):
         self.register_buffer("latent_std", torch.tensor(c.latent_std).view(1, -1, 1, 1, 1), persistent=False)
         self.tiling: dict | None = None
 
-    # ----- shapes and checks -----
-    def valid_frame_counts(self, max_frames: int) -> list[int]:
-        """Frame counts the VAE takes, up to `max_frames`: 1, 1 + ft, 1 + 2 ft, ..."""
-        return list(range(1, max_frames + 1, self.config.ft))
+    # ----- shapes and checks (the rules above, with this VAE's ft and fs) -----
+    def valid_frame_counts(self, max_frames: int, pt: int = 1) -> list[int]:
+        """Frame counts the VAE takes (with a DiT temporal patch `pt`), up to `max_frames`: 1, 1 + ft, ..."""
+        first, step = _frame_steps(self.config.ft, pt)
+        return list(range(first, max_frames + 1, step))
+
+    def check_frames(self, num_frames: object, pt: int = 1, name: str = "num_frames") -> int:
+        return check_frames(num_frames, self.config.ft, pt, name)
+
+    def check_side(self, n: object, p: int = 1, name: str = "height") -> int:
+        return check_side(n, self.config.fs, p, name)
+
+    def check_size(self, height: object, width: object, patch: tuple[int, int] = (1, 1),
+                   names: tuple[str, str] = ("height", "width")) -> tuple[int, int]:
+        return check_size(height, width, self.config.fs, patch, names)
+
+    def latent_frames(self, num_frames: int) -> int:
+        return latent_frames(num_frames, self.config.ft)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """`(C, T', H', W')` for a `frames x height x width` video (checked)."""
-        self._check_size(frames, height, width)
+        t = self.latent_frames(frames)
+        height, width = self.check_size(height, width)
         c = self.config
-        return (c.latent_channels, 1 + (frames - 1) // c.ft, height // c.fs, width // c.fs)
-
-    def _check_size(self, frames: int, height: int, width: int) -> None:
-        ft, fs = self.config.ft, self.config.fs
-        if frames < 1 or (frames - 1) % ft:
-            raise ValueError(f"got {frames} frames; the VAE takes 1 + {ft}k frames: {_nearest_valid(frames, ft)}")
-        for name, n in (("height", height), ("width", width)):
-            if n < fs or n % fs:
-                lower = n // fs * fs
-                options = " or ".join(str(v) for v in (lower, lower + fs) if v >= fs)
-                raise ValueError(f"{name} {n} is not divisible by the spatial factor fs={fs}; use {options}")
+        return (c.latent_channels, t, height // c.fs, width // c.fs)
 
     def _check_video(self, video: torch.Tensor) -> torch.Tensor:
         if not isinstance(video, torch.Tensor):
@@ -173,7 +232,7 @@ class VideoVAE(nn.Module):
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"video must be [B, 3, T, H, W] (use video[None] for one clip, "
                              f"video[:, :, None] for images); got shape {tuple(video.shape)}")
-        self._check_size(*video.shape[2:])
+        self.latent_shape(*video.shape[2:])
         lo, hi = video.min().item(), video.max().item()
         if lo < -1.05 or hi > 1.05:  # small overshoot from resizing filters is fine
             raise ValueError(f"video values must lie in [-1, 1]; got min {lo:.3g}, max {hi:.3g} "

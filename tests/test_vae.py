@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from patchflow.metrics import psnr
 from patchflow.vae import (VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, check_frames, measure_latent_stats,
+                           measure_latent_whitening,
                            nearest_valid_frames)
 from patchflow.vae_loss import VAELoss, VAELossConfig
 
@@ -224,6 +226,35 @@ def test_normalize_inverse_and_measured_stats():
     torch.testing.assert_close(vae.denormalize(zn), z, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(zn.mean(dim=(0, 2, 3, 4)), torch.zeros(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(zn.std(dim=(0, 2, 3, 4), correction=0), torch.ones(4), atol=1e-3, rtol=0)
+
+
+def test_whitened_latents_are_decorrelated_and_invertible(tmp_path):
+    vae = random_vae()
+    videos = [smooth_video(5, 16, 16, seed=s) for s in range(3)]
+    with torch.no_grad():
+        z = torch.cat([vae.encode(v).mean for v in videos], dim=2)
+    vae.set_latent_stats(*measure_latent_whitening(vae, videos, eps=1e-6))
+    zn = vae.normalize(z)
+    torch.testing.assert_close(vae.denormalize(zn), z, atol=1e-4, rtol=1e-4)
+    flat = zn.transpose(0, 1).flatten(1)
+    cov = torch.cov(flat, correction=0)
+    torch.testing.assert_close(cov, torch.eye(4), atol=2e-3, rtol=0)  # unit variance, no correlation
+    # Saved and loaded with the VAE; clearing it restores the per-channel normalisation.
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = VideoVAE.from_pretrained(tmp_path / "vae")
+    torch.testing.assert_close(loaded.normalize(z), zn)
+    loaded.set_latent_stats(loaded.config.latent_mean, loaded.config.latent_std)
+    assert loaded.config.latent_whiten == []
+    torch.testing.assert_close(loaded.normalize(z), (z - loaded.latent_mean) / loaded.latent_std)
+
+
+def test_latent_whiten_checked():
+    with pytest.raises(ValueError, match="4 x 4 matrix"):
+        dataclasses.replace(VAE_PRESETS["tiny"](), latent_whiten=[[1.0, 0.0]])
+    with pytest.raises(ValueError, match="invertible"):
+        dataclasses.replace(VAE_PRESETS["tiny"](), latent_whiten=[[0.0] * 4] * 4)
+    with pytest.raises(ValueError, match="eps"):
+        measure_latent_whitening(random_vae(), [smooth_video(5, 16, 16)], eps=0)
 
 
 def test_latent_dist():

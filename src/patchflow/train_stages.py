@@ -217,7 +217,7 @@ class VAEStage:
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Save the VAE with its latent statistics measured on training clips (what `normalize` uses)."""
         from patchflow.train import build_dataset
-        from patchflow.vae import measure_latent_stats
+        from patchflow.vae import measure_latent_stats, measure_latent_whitening
 
         vae = VideoVAE(copy.deepcopy(self.model.config)).to(self.device)
         vae.load_state_dict(model_state)
@@ -227,8 +227,11 @@ class VAEStage:
             return
         dataset = build_dataset(self.config, "vae")
         clips = (dataset[i]["video"] for i in range(min(LATENT_STATS_CLIPS, len(dataset))))
-        mean, std = measure_latent_stats(vae.eval(), (c for c in clips if c is not None), sample=True)
-        vae.set_latent_stats(mean, std)
+        clips = (c for c in clips if c is not None)
+        if vae.config.whiten_latents:
+            vae.set_latent_stats(*measure_latent_whitening(vae.eval(), clips, sample=True))
+        else:
+            vae.set_latent_stats(*measure_latent_stats(vae.eval(), clips, sample=True))
         vae.save_pretrained(final / "vae", dtype=dtype)
 
     @torch.no_grad()

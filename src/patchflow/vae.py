@@ -36,6 +36,8 @@ class VAEConfig:
     logvar_init: float = -4.0  # initial posterior log-variance (bias); -10 keeps fine detail out of the sampling noise
     latent_mean: list[float] = field(default_factory=list)  # per channel, empty = zeros; see measure_latent_stats
     latent_std: list[float] = field(default_factory=list)  # per channel, empty = ones
+    latent_whiten: list = field(default_factory=list)  # C x C matrix applied after mean/std (decorrelates); empty = none
+    whiten_latents: bool = False  # the VAE stage measures and stores latent_whiten (measure_latent_whitening)
 
     def __post_init__(self) -> None:
         c = self.latent_channels
@@ -59,6 +61,11 @@ class VAEConfig:
             raise ValueError(f"latent_mean/latent_std need {c} values, got {len(self.latent_mean)}/{len(self.latent_std)}")
         if min(self.latent_std) <= 0:
             raise ValueError(f"latent_std must be positive, got {self.latent_std}")
+        self.latent_whiten = [[float(v) for v in row] for row in self.latent_whiten]
+        if self.latent_whiten and (len(self.latent_whiten) != c or any(len(r) != c for r in self.latent_whiten)):
+            raise ValueError(f"latent_whiten must be a {c} x {c} matrix, got {len(self.latent_whiten)} rows")
+        if self.latent_whiten and abs(torch.linalg.det(torch.tensor(self.latent_whiten, dtype=torch.float64))) < 1e-12:
+            raise ValueError("latent_whiten must be invertible (denormalize undoes it)")
 
 
 VAE_PRESETS: dict[str, Callable[[], VAEConfig]] = {
@@ -193,6 +200,9 @@ class VideoVAE(nn.Module):
         initialize_weights(self)
         self.register_buffer("latent_mean", torch.tensor(c.latent_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latent_std", torch.tensor(c.latent_std).view(1, -1, 1, 1, 1), persistent=False)
+        whiten = torch.tensor(c.latent_whiten) if c.latent_whiten else torch.eye(c.latent_channels)
+        self.register_buffer("latent_whiten", whiten, persistent=False)
+        self.register_buffer("latent_unwhiten", torch.linalg.inv(whiten.double()).float(), persistent=False)
         self.tiling: dict | None = None
 
     # ----- shapes and checks (the rules above, with this VAE's ft and fs) -----
@@ -275,20 +285,32 @@ class VideoVAE(nn.Module):
         return self.decode(dist.sample(generator) if sample else dist.mode()), dist
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents -> roughly unit-variance per channel (what the DiT sees)."""
-        return (z - self.latent_mean) / self.latent_std
+        """Latents -> roughly unit-variance per channel, decorrelated by `latent_whiten` if set (what the DiT sees)."""
+        z = (z - self.latent_mean) / self.latent_std
+        if self.config.latent_whiten:
+            z = torch.einsum("dc,bc...->bd...", self.latent_whiten.to(z.dtype), z)
+        return z
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.latent_whiten:
+            z = torch.einsum("dc,bc...->bd...", self.latent_unwhiten.to(z.dtype), z)
         return z * self.latent_std + self.latent_mean
 
-    def set_latent_stats(self, mean: list[float], std: list[float]) -> None:
-        """Store per-channel latent statistics (e.g. from `measure_latent_stats`) in config and buffers."""
+    def set_latent_stats(self, mean: list[float], std: list[float], whiten: list | None = None) -> None:
+        """Store latent statistics (from `measure_latent_stats` or `measure_latent_whitening`)
+        in config and buffers; `whiten=None` keeps the per-channel normalisation only."""
         c = self.config.latent_channels
         if len(mean) != c or len(std) != c or min(std) <= 0:
             raise ValueError(f"need {c} means and {c} positive stds, got {len(mean)} and {len(std)}")
         self.config.latent_mean, self.config.latent_std = [float(v) for v in mean], [float(v) for v in std]
         self.latent_mean.copy_(torch.tensor(mean).view(1, -1, 1, 1, 1))
         self.latent_std.copy_(torch.tensor(std).view(1, -1, 1, 1, 1))
+        w = torch.eye(c) if whiten is None else torch.as_tensor(whiten, dtype=torch.float32)
+        if w.shape != (c, c):
+            raise ValueError(f"latent_whiten must be a {c} x {c} matrix, got shape {tuple(w.shape)}")
+        self.config.latent_whiten = [] if whiten is None else w.tolist()
+        self.latent_whiten.copy_(w)
+        self.latent_unwhiten.copy_(torch.linalg.inv(w.double()).float())
 
     # ----- tiling -----
     def enable_tiling(self, tile_frames: int = 16, tile_size: int | None = 256, overlap: int = 64) -> None:
@@ -360,6 +382,23 @@ class VideoVAE(nn.Module):
 
 
 @torch.no_grad()
+def _latent_moments(vae: VideoVAE, videos: Iterable[torch.Tensor], sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (C,) and covariance (C, C) of the unnormalised latents of `videos`, in float64."""
+    device = next(vae.parameters()).device
+    total, s1, s2 = 0, None, None
+    for video in videos:
+        video = video[None] if video.ndim == 4 else video
+        dist = vae.encode(video.to(device))
+        z = (dist.sample() if sample else dist.mode()).double().transpose(0, 1).flatten(1)  # (C, N)
+        s1 = z.sum(1) if s1 is None else s1 + z.sum(1)
+        s2 = z @ z.T if s2 is None else s2 + z @ z.T
+        total += z.shape[1]
+    if total == 0:
+        raise ValueError("measuring latent statistics needs at least one video, got none")
+    mean = s1 / total
+    return mean, s2 / total - torch.outer(mean, mean)
+
+
 def measure_latent_stats(vae: VideoVAE, videos: Iterable[torch.Tensor],
                          sample: bool = False) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the (unnormalised) latents of `videos`.
@@ -368,17 +407,25 @@ def measure_latent_stats(vae: VideoVAE, videos: Iterable[torch.Tensor],
     [-1, 1]. Uses the posterior mean (or a sample with `sample=True`). Put the
     result in `config.latent_mean/latent_std` so `vae.normalize` yields unit variance.
     """
-    device = next(vae.parameters()).device
-    total, s1, s2 = 0, None, None
-    for video in videos:
-        video = video[None] if video.ndim == 4 else video
-        dist = vae.encode(video.to(device))
-        z = (dist.sample() if sample else dist.mode()).double().transpose(0, 1).flatten(1)  # (C, N)
-        s1 = z.sum(1) if s1 is None else s1 + z.sum(1)
-        s2 = z.pow(2).sum(1) if s2 is None else s2 + z.pow(2).sum(1)
-        total += z.shape[1]
-    if total == 0:
-        raise ValueError("measure_latent_stats got no videos")
-    mean = s1 / total
-    std = (s2 / total - mean.pow(2)).clamp_min(1e-12).sqrt()
-    return mean.tolist(), std.tolist()
+    mean, cov = _latent_moments(vae, videos, sample)
+    return mean.tolist(), cov.diagonal().clamp_min(1e-12).sqrt().tolist()
+
+
+def measure_latent_whitening(vae: VideoVAE, videos: Iterable[torch.Tensor], sample: bool = False,
+                             eps: float = 0.01) -> tuple[list[float], list[float], list[list[float]]]:
+    """Per-channel mean and std plus a ZCA whitening matrix `W = U diag((l + eps)^-1/2) U^T`
+    of the per-channel-normalised latents (eigenvalues `l`, eigenvectors `U` of their correlation).
+
+    Why: a VAE whose channels are near-copies of each other (a DC-AE shortcut makes
+    them block-mean colours) puts most latent variance in a few directions; per-channel
+    scaling leaves fine detail (edges, shape) in directions with variance ~0.01, which
+    the diffusion noise drowns at all but the last steps. Whitening gives every
+    direction unit variance; `eps` caps the gain on directions that are nearly empty.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    mean, cov = _latent_moments(vae, videos, sample)
+    std = cov.diagonal().clamp_min(1e-12).sqrt()
+    lam, u = torch.linalg.eigh(cov / torch.outer(std, std))
+    w = u @ torch.diag((lam.clamp_min(0) + eps).rsqrt()) @ u.T
+    return mean.tolist(), std.tolist(), w.tolist()

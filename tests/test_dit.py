@@ -140,6 +140,13 @@ def test_bad_inputs_give_named_errors():
         DiT(DiTConfig(hidden_size=64, num_heads=4, depth=1, attention_layout="axial"))
     with pytest.raises(ValueError, match="unknown DiT preset 'M/2'"):
         dit_config("M/2")
+    # The config checks itself, so a bad value fails where it is set, not when a model is built.
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        DiTConfig(attention_backend="flash")
+    with pytest.raises(ValueError, match=r"patch_size must be three positive ints"):
+        DiTConfig(patch_size=(1, 2))
+    with pytest.raises(ValueError, match="depth must be a positive int"):
+        DiTConfig(depth=0)
     model = _model()
     _, text, mask, _, packed = _batch()
     with pytest.raises(ValueError, match=r"expected x \[R, S, 16\]"):

@@ -101,7 +101,8 @@ def test_page_static_and_health(client):
     health = client.get("/api/health").json()
     assert health["model_loaded"] is True and health["queue_length"] == 0
     assert health["limits"]["max_frames"] == 17 and health["defaults"]["num_frames"] == T
-    assert health["rules"] == {"frames_step": 4, "size_multiple": [8, 8]}
+    assert health["rules"] == {"frames_first": 1, "frames_step": 4, "frames_rule": "1 + 4k (1, 5, 9, 13, 17, ...)",
+                               "size_multiple": [8, 8]}
 
 
 # ---------------------------------------------------------------- happy paths

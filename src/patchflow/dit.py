@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -60,6 +60,21 @@ class DiTConfig:
     attention_backend: str = "auto"       # see attention.py: auto | sdpa | flex | varlen | naive
     gradient_checkpointing: bool = False  # recompute each block in backward: ~1/depth the activation memory
     compile: bool = False                 # torch.compile each block's dense math (see DiT.compile_blocks)
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(self.patch_size)
+        if len(self.patch_size) != 3 or not all(isinstance(p, int) and p >= 1 for p in self.patch_size):
+            raise ValueError(f"patch_size must be three positive ints (pt, ph, pw), got {self.patch_size!r}")
+        for name in ("in_channels", "hidden_size", "depth", "num_heads", "text_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        rope_axis_dims(self.hidden_size // self.num_heads)  # head dim must be even and >= 6
+        if self.attention_layout not in ("full", "factorized"):
+            raise ValueError(f"attention_layout must be 'full' or 'factorized', got {self.attention_layout!r}")
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
 
     @property
     def token_dim(self) -> int:
@@ -96,14 +111,7 @@ class DiT(nn.Module):
 
     def __init__(self, config: DiTConfig):
         super().__init__()
-        c = config
-        if c.hidden_size % c.num_heads:
-            raise ValueError(f"hidden_size {c.hidden_size} is not divisible by num_heads {c.num_heads}")
-        rope_axis_dims(c.hidden_size // c.num_heads)  # head dim must be even and >= 6
-        if c.attention_layout not in ("full", "factorized"):
-            raise ValueError(f"attention_layout must be 'full' or 'factorized', got {c.attention_layout!r}")
-        if c.attention_backend not in BACKENDS:
-            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {c.attention_backend!r}")
+        c = config  # DiTConfig checks its own values
         self.config = c
         d = c.hidden_size
         self.x_embed = nn.Linear(c.token_dim, d)
@@ -295,10 +303,9 @@ class DiT(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> DiT:
         """Load a folder written by save_pretrained; overrides change runtime fields (backend, checkpointing)."""
         config, state = load_component(directory, DiTConfig)
-        for key, value in overrides.items():
+        for key in overrides:
             if not hasattr(config, key):
                 raise ValueError(f"unknown DiTConfig field {key!r}")
-            setattr(config, key, value)
-        model = cls(config)
+        model = cls(replace(config, **overrides))  # checked again
         model.load_state_dict(state)
         return model

@@ -68,6 +68,8 @@ def create_app(pipe, limits: Limits | None = None, fps: float | None = None):
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
+    from patchflow.vae import shape_rules
+
     limits = limits or Limits()
     fps = float(fps or pipe.defaults["fps"])
     static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
@@ -112,12 +114,12 @@ def create_app(pipe, limits: Limits | None = None, fps: float | None = None):
 
     @app.get("/api/health")
     async def health():
-        cfg, patch = pipe.vae.config, pipe.transformer.config.patch_size
+        cfg, patch = pipe.vae.config, tuple(pipe.transformer.config.patch_size)
         return {"status": "ok", "model_loaded": True, "queue_length": queue.pending(),
                 "limits": asdict(limits), "fps": fps,
                 "defaults": {k: pipe.defaults[k] for k in ("num_frames", "height", "width", "guidance_scale")}
                 | {"steps": pipe.defaults["num_inference_steps"]},
-                "rules": {"frames_step": cfg.ft, "size_multiple": [cfg.fs * patch[1], cfg.fs * patch[2]]}}
+                "rules": shape_rules(cfg.ft, cfg.fs, patch)}
 
     @app.post("/api/generate", response_class=Response,
               responses={200: {"content": {"video/mp4": {}}, "description": "the generated video"}})

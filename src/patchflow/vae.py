@@ -137,6 +137,14 @@ def check_frames(num_frames: object, ft: int, pt: int = 1, name: str = "num_fram
     return num_frames
 
 
+def shape_rules(ft: int, fs: int, patch: tuple[int, int, int] = (1, 1, 1)) -> dict:
+    """The rules above as data (for the web page): valid frame counts `frames_first + frames_step k`,
+    sides multiples of `size_multiple` ([height, width]), `frames_rule` in words."""
+    first, step = _frame_steps(ft, patch[0])
+    return {"frames_first": first, "frames_step": step, "frames_rule": frames_rule(ft, patch[0]),
+            "size_multiple": [fs * patch[1], fs * patch[2]]}
+
+
 def latent_frames(num_frames: int, ft: int) -> int:
     """T' = 1 + (T - 1) / ft for a valid pixel frame count T (checked)."""
     return 1 + (check_frames(num_frames, ft) - 1) // ft

@@ -22,7 +22,8 @@ async function init() {
     $("width").step = $("width").min = rules.size_multiple[1];
     $("height").step = $("height").min = rules.size_multiple[0];
     $("width").max = $("height").max = lim.max_size;
-    $("num_frames").step = rules.frames_step;
+    $("num_frames").step = rules.frames_step;  // with min: the valid counts first + step k
+    $("num_frames").min = rules.frames_first;
     $("num_frames").max = lim.max_frames;
     $("steps").max = lim.max_steps;
   } catch (err) {

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from patchflow.checkpoint import EMA, list_checkpoints, load_checkpoint, load_train_state, rng_state, \
     save_checkpoint, set_rng_state, train_state
 from patchflow.config import Config
+from patchflow.data.build import build_dataset
 from patchflow.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across, unwrap, wrap_model
 from patchflow.flow import loss_by_t_bin
 from patchflow.hardware import peak_flops
@@ -65,64 +66,7 @@ class StopSignal:
         self._previous = {}
 
 
-# ---------------------------------------------------------------- data
-def build_dataset(config: Config, stage: str):
-    d, seed = config.data, config.train.seed
-    sizes = [tuple(s) for s in d.sizes]
-    if d.cache and stage == "dit":
-        from patchflow.cache import CachedLatents
-
-        return CachedLatents(d.cache, config)
-    if d.dataset == "shapes":
-        from patchflow.data.datasets import ShapesDataset
-
-        if d.split == "heldout":
-            raise ValueError("data.split='heldout' would train on the held-out combinations; use 'train'")
-        return ShapesDataset(d.length, sizes, d.frames, d.split, seed)
-    if d.dataset == "folder":
-        from patchflow.data.videos import FolderDataset
-
-        return FolderDataset(d.path, sizes, d.frames, d.fps, d.resize, seed)
-    if d.dataset in ("footage", "footage+shapes"):
-        from patchflow.data.datasets import ShapesDataset
-        from patchflow.data.footage import FootageDataset
-
-        footage = _Captionless(FootageDataset(d.frames, sizes, d.length, seed))
-        if d.dataset == "footage":
-            return footage
-        return _Mixed(footage, ShapesDataset(d.length, sizes, d.frames, "train", seed), d.shapes_share, seed)
-    raise AssertionError(f"data.dataset {d.dataset!r}")  # DataConfig checks the choice
-
-
-class _Mixed(torch.utils.data.Dataset):
-    """Item i comes from `b` with probability `share` (decided by (seed, i)), else from `a`."""
-
-    def __init__(self, a, b, share: float, seed: int):
-        if not 0 <= share <= 1:
-            raise ValueError(f"data.shapes_share must be in [0, 1], got {share}")
-        self.a, self.b, self.share, self.seed = a, b, share, seed
-
-    def __len__(self) -> int:
-        return min(len(self.a), len(self.b))
-
-    def __getitem__(self, index: int) -> dict:
-        item = (self.b if random.Random(self.seed * 7919 + index).random() < self.share else self.a)[index]
-        return {"video": item["video"], "captions": item["captions"]}
-
-
-class _Captionless(torch.utils.data.Dataset):
-    """Wrap a dataset of bare video tensors (VAE data) into the item dict the stages expect."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"video": self.inner[index], "captions": {"plain": ""}}
-
-
+# ---------------------------------------------------------------- data order
 class StepSampler(Sampler):
     """Index lists for micro-batch (step, micro) of this rank, from `start_step` on.
 

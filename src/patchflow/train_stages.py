@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from patchflow.config import Config, VAESection
+from patchflow.data.build import build_dataset
 from patchflow.dit import DiT
 from patchflow.flow import flow_loss, interpolate, sample_timesteps, velocity_target
 from patchflow.patches import pack, pad_batch
@@ -216,7 +217,6 @@ class VAEStage:
 
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Save the VAE with its latent statistics measured on training clips (what `normalize` uses)."""
-        from patchflow.train import build_dataset
         from patchflow.vae import measure_latent_stats, measure_latent_whitening
 
         vae = VideoVAE(copy.deepcopy(self.model.config)).to(self.device)

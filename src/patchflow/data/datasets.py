@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from patchflow.data.shapes import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, captions, render_scene, sample_scene
+from patchflow.data.captions import captions
+from patchflow.data.shapes import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, render_scene, sample_scene
 
 
 def to_model_video(video: np.ndarray) -> torch.Tensor:

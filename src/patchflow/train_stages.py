@@ -14,6 +14,7 @@ from (seed, step, micro-batch, rank): that is what makes resume exact and makes
 from __future__ import annotations
 
 import copy
+import functools
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -24,9 +25,10 @@ from torch import nn
 from patchflow.config import Config, VAESection
 from patchflow.data.build import build_dataset
 from patchflow.dit import DiT
-from patchflow.flow import flow_loss, interpolate, sample_timesteps, velocity_target
+from patchflow.flow import flow_matching_loss, sample_timesteps
 from patchflow.patches import pack, pad_batch
 from patchflow.prompts import choose_caption, drop_caption
+from patchflow.sequence_parallel import shard_packed, shard_sequence
 from patchflow.text import TextEmbeddingCache, TextEncoder, load_text_encoder
 from patchflow.vae import VideoVAE
 from patchflow.vae_loss import VAELoss
@@ -102,25 +104,22 @@ class DiTStage:
                                c.train.token_drop or None, gen)
         packed = packed.to(self.device)
         text, text_mask = self.text.encode(captions)
+        text, text_mask = text.to(self.device), text_mask.to(self.device)
         lengths = torch.bincount(packed.sample_ids[packed.sample_ids >= 0].cpu(), minlength=len(latents))
         t = sample_timesteps(len(latents), c.flow, num_tokens=lengths, generator=gen)  # (B,)
         t_tok = packed.per_token(t) * ~packed.cond_mask  # (R, S): clean condition tokens have t = 0
-        noise = torch.randn(packed.tokens.shape, generator=gen).to(self.device)  # (R, S, D)
-        x_t = interpolate(packed.tokens, noise, t_tok)
-        target = velocity_target(packed.tokens, noise)
-        text, text_mask = text.to(self.device), text_mask.to(self.device)
-        if self.sp_group is None:
-            pred = model(x_t, t_tok, packed.coords, packed.sample_ids, text, text_mask)
-            loss, per_sample = flow_loss(pred, target, packed.loss_mask, c.flow.loss_weighting, packed.sample_ids)
-        else:  # this rank holds one contiguous shard of every row's tokens (Ulysses)
-            from patchflow.sequence_parallel import sequence_parallel_flow_loss, shard_packed, shard_sequence
+        local, shard = packed, None
+        if self.sp_group is not None:  # this rank holds one contiguous shard of every row's tokens (Ulysses)
+            local = shard_packed(packed, self.sp_group)
+            shard = functools.partial(shard_sequence, group=self.sp_group)
 
-            g = self.sp_group
-            local = shard_packed(packed, g)
-            pred = model(shard_sequence(x_t, g), shard_sequence(t_tok, g), local.coords, local.sample_ids, text,
-                         text_mask)
-            loss, per_sample = sequence_parallel_flow_loss(pred, shard_sequence(target, g), local.loss_mask,
-                                                           local.sample_ids, len(latents), g, c.flow.loss_weighting)
+        def velocity(x_t, t_tok, cond):  # the DiT as flow.py's model_fn, on this rank's tokens
+            return model(x_t, t_tok, local.coords, local.sample_ids, *cond)
+
+        loss, per_sample = flow_matching_loss(
+            velocity, packed.tokens, t_tok, (text, text_mask), generator=gen, loss_mask=local.loss_mask,
+            sample_ids=local.sample_ids, num_samples=len(latents), weighting=c.flow.loss_weighting, shard=shard,
+            group=self.sp_group)
         logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
                 "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean())}
         return loss, logs, int(packed.loss_mask.sum())

@@ -1,6 +1,7 @@
 """What one training step computes, per stage; the loop itself is in train.py.
 
-A stage owns its models and turns a batch of clips into a loss:
+A stage owns its models and turns a batch of clips into a loss (`Stage` is what
+the loop asks of one; the hooks a stage does not need do nothing):
 
     DiTStage   frozen VAE -> latents, frozen text encoder -> states, random task masks,
                pack (NaViT) -> flow-matching loss on the generated tokens
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import random
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from pathlib import Path
 
@@ -49,7 +51,40 @@ def _by_shape(videos: list[torch.Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
-class DiTStage:
+class Stage(ABC):
+    """What the training loop asks of a stage: a loss per micro-batch, the saved result, and hooks."""
+
+    name: str
+    model: nn.Module  # what the loop wraps (DDP/FSDP), optimises and checkpoints
+
+    @abstractmethod
+    def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
+                   gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
+        """(loss to backward, logs, tokens or pixels it covered) of one micro-batch; `model` is the wrapped model."""
+
+    @abstractmethod
+    def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
+        """Write the trained component(s) with weights `model_state` into the folder `final`."""
+
+    def compile(self) -> None:
+        """torch.compile what pays off (train.compile); nothing by default."""
+
+    def after_step(self, step: int) -> dict:
+        """Work after the optimiser step (e.g. a discriminator's update); returns float logs."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """What a checkpoint keeps beyond model, EMA and optimiser (restored by `load_extra_state`)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what `extra_state` returned."""
+
+    def write_samples(self, directory: Path, model_state: dict | None, config: Config) -> None:
+        """Sample outputs of weights `model_state` (None: the live model) into `directory`; nothing by default."""
+
+
+class DiTStage(Stage):
     name = "dit"
 
     def __init__(self, config: Config, device: torch.device):
@@ -70,6 +105,9 @@ class DiTStage:
         """Shard each packed batch's tokens over `group` (the ranks of one sequence-parallel group)."""
         self.model.enable_sequence_parallel(group)
         self.sp_group = group
+
+    def compile(self) -> None:
+        self.model.compile_blocks()
 
     @torch.no_grad()
     def latents(self, videos: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
@@ -158,7 +196,7 @@ class DiTStage:
 LATENT_STATS_CLIPS = 64  # training clips whose latents set the saved VAE's per-channel mean and std
 
 
-class VAEStage:
+class VAEStage(Stage):
     name = "vae"
 
     def __init__(self, config: Config, device: torch.device):

@@ -1,6 +1,8 @@
-"""The training dataset a config's [data] table names, and the reader of a `patchflow cache` folder.
+"""The training dataset a config's [data] table names, the order training reads it in, and the reader
+of a `patchflow cache` folder.
 
     build_dataset(config, "dit")   # Shapes World | folder of videos | footage (+ shapes) | cached latents
+    DataLoader(dataset, batch_sampler=StepSampler(...), collate_fn=collate)
 
 Every item is a dict with `captions` and either `video` float [3, T, H, W] in
 [-1, 1] or, from a cache, `latent` (the VAE posterior's mean and std). Generated
@@ -15,13 +17,15 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from safetensors import safe_open
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from patchflow.data.datasets import ShapesDataset
 
 if TYPE_CHECKING:  # only for hints: the data package sits below the config that names it
     from patchflow.config import Config
+    from patchflow.distributed import DistInfo
 
 
 def build_dataset(config: Config, stage: str) -> Dataset:
@@ -75,6 +79,48 @@ class _Captionless(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"video": self.inner[index], "captions": {"plain": ""}}
+
+
+# ---------------------------------------------------------------- the order the loop reads it in
+class StepSampler(Sampler):
+    """Index lists for micro-batch (step, micro) of this rank, from `start_step` on.
+
+    Global position g = ((step * accum + micro) * world + rank) * batch + i walks a
+    fresh seeded permutation per epoch, so the data order depends only on the
+    global batch layout, never on how many processes share it.
+    """
+
+    def __init__(self, length: int, batch: int, accum: int, info: DistInfo, start_step: int, steps: int,
+                 seed: int, shuffle: bool):
+        self.length, self.batch, self.accum, self.info = length, batch, accum, info
+        self.start, self.steps, self.seed, self.shuffle = start_step, steps, seed, shuffle
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _index(self, g: int) -> int:
+        epoch, pos = divmod(g, self.length)
+        if not self.shuffle:
+            return pos
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch)))
+        return int(self._perm[1][pos])
+
+    def __iter__(self):
+        w, r = self.info.world_size, self.info.rank
+        for step in range(self.start, self.steps):
+            for micro in range(self.accum):
+                first = ((step * self.accum + micro) * w + r) * self.batch
+                yield [self._index(first + i) for i in range(self.batch)]
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accum
+
+
+def collate(items: list) -> dict:
+    """A DataLoader batch as lists per key (clips differ in shape), without unreadable items; counts those."""
+    kept = [it for it in items if it is not None]  # None: an unreadable file, already warned about
+    batch = {key: [it[key] for it in kept] for key in (kept[0] if kept else {"captions": None})}
+    batch["skipped"] = len(items) - len(kept)
+    return batch
 
 
 # ---------------------------------------------------------------- cached latents

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from patchflow.data.shapes import (
-    BACKGROUNDS, COLORS, SHAPES, plain_caption, render_scene, sample_scene,
-)
+from patchflow.data.captions import plain_caption
+from patchflow.data.shapes import BACKGROUNDS, COLORS, SHAPES, render_scene, sample_scene
 from patchflow.evaluate import evaluate_video, summarize
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from patchflow.flow import (
-    FlowConfig, expand_t, flow_loss, guided_velocity, interpolate, loss_by_t_bin, make_noise, sample,
-    sample_timesteps, shift_for_tokens, shift_time, timesteps, unshift_time, velocity_target,
+    FlowConfig, expand_t, flow_loss, flow_matching_loss, guided_velocity, interpolate, loss_by_t_bin, make_noise,
+    sample, sample_timesteps, shift_for_tokens, shift_time, timesteps, unshift_time, velocity_target,
 )
 
 
@@ -115,6 +115,30 @@ def test_packed_loss_matches_per_sample_loop():
     sel = mask & (ids >= 0)
     token, _ = flow_loss(pred, target, mask, weighting="token", sample_ids=ids)
     assert torch.allclose(token, ((pred[sel] - target[sel]) ** 2).mean())
+
+
+def test_flow_matching_loss_is_the_objective_spelled_out():
+    # noise from the generator, x_t on the straight path, the model's velocity against noise - x0;
+    # with `shard`, the model and the loss see only the part of each row that shard keeps.
+    g = torch.Generator().manual_seed(0)
+    x0, t = torch.randn(2, 6, 4, generator=g), torch.rand(2, 6, generator=g)
+    ids = torch.tensor([[0, 0, 0, 1, 1, -1], [2, 2, 2, 2, 2, 2]])
+    mask = torch.rand(2, 6, generator=g) > 0.3
+
+    def model_fn(x, t, cond):
+        return cond * x + t[..., None]
+
+    def shard(x):
+        return x[:, 2:5]
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    x_t, target = interpolate(x0, noise, t), velocity_target(x0, noise)
+    for part in (None, shard):
+        cut = part or (lambda x: x)
+        ref = flow_loss(model_fn(cut(x_t), cut(t), 0.5), cut(target), cut(mask), sample_ids=cut(ids), num_samples=3)
+        got = flow_matching_loss(model_fn, x0, t, 0.5, generator=torch.Generator().manual_seed(1),
+                                 loss_mask=cut(mask), sample_ids=cut(ids), num_samples=3, shard=part)
+        assert torch.equal(got[0], ref[0]) and torch.allclose(got[1], ref[1], equal_nan=True)
 
 
 def test_loss_has_gradient_and_video_mask():

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from patchflow.cli import main
+from patchflow.data.captions import captions
 from patchflow.data.shapes import (
-    BACKGROUNDS, HELDOUT_COMBOS, SIZES, _mostly_visible, captions, is_heldout, parse_prompt, render_scene,
-    sample_scene, scene_from_prompt,
+    BACKGROUNDS, HELDOUT_COMBOS, SIZES, _mostly_visible, is_heldout, parse_prompt, render_scene, sample_scene,
+    scene_from_prompt,
 )
 from patchflow.evaluate import ATTRIBUTES
 from patchflow.model_eval import (

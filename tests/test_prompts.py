@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
+from patchflow.data.captions import captions, short_caption
 from patchflow.data.shapes import (
-    BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, captions, parse_prompt, sample_scene, scene_from_prompt,
-    short_caption,
+    BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, parse_prompt, sample_scene, scene_from_prompt,
 )
 from patchflow.prompts import (
     PromptExpander, RuleExpander, TransformersExpander, choose_caption, drop_caption, expand_prompt,

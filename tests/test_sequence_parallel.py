@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from patchflow.attention import attention, make_plan
 from patchflow.dit import DiT, dit_config
 from patchflow.flow import flow_loss
-from patchflow.sequence_parallel import (all_to_all, check_heads, gather_sequence, sequence_parallel_flow_loss,
-                                         sequence_parallel_mesh, shard_packed, shard_sequence)
+from patchflow.sequence_parallel import (all_to_all, check_heads, gather_sequence, sequence_parallel_mesh,
+                                         shard_packed, shard_sequence)
 
 BUDGET = 25  # odd: the shards need one padding token appended
 
@@ -107,8 +107,8 @@ def _dit_worker(rank, world):
         model.enable_sequence_parallel(group)
         local = shard_packed(packed, group)
         out = model.forward_packed(local, text, mask)                                     # [R, S'/P, D]
-        loss, per_sample = sequence_parallel_flow_loss(out, shard_sequence(target, group), local.loss_mask,
-                                                       local.sample_ids, packed.num_samples, group)
+        loss, per_sample = flow_loss(out, shard_sequence(target, group), local.loss_mask,
+                                     sample_ids=local.sample_ids, num_samples=packed.num_samples, group=group)
         loss.backward()
         for p in model.parameters():
             dist.all_reduce(p.grad)
@@ -141,8 +141,8 @@ def _fsdp_worker(rank, world, out_dir):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     local = shard_packed(packed, group)
     out = model.forward_packed(local, text, mask)
-    loss, _ = sequence_parallel_flow_loss(out, shard_sequence(target, group), local.loss_mask,
-                                          local.sample_ids, packed.num_samples, group)
+    loss, _ = flow_loss(out, shard_sequence(target, group), local.loss_mask, sample_ids=local.sample_ids,
+                        num_samples=packed.num_samples, group=group)
     loss.backward()
     optimizer.step()
     full_loss = loss.detach().clone()

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from patchflow.data.captions import captions, plain_caption
 from patchflow.data.datasets import ShapesDataset
 from patchflow.data.shapes import (
-    ALL_COMBOS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, TRAIN_COMBOS, captions, is_heldout, parse_prompt,
-    plain_caption, render, sample_scene, scene_from_prompt, trajectory,
+    ALL_COMBOS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, TRAIN_COMBOS, is_heldout, parse_prompt, render, sample_scene,
+    scene_from_prompt, trajectory,
 )
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from tiny_models import random_tiny_dit
 
-from patchflow.data.shapes import captions, sample_scene
+from patchflow.data.captions import captions
+from patchflow.data.shapes import sample_scene
 from patchflow.pipeline import VideoPipeline
 from patchflow.prompts import PromptWarning, expand_prompt, unknown_words, unknown_words_note
 from patchflow.text import load_text_encoder

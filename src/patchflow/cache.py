@@ -6,9 +6,9 @@
 Each item i of the dataset becomes `latents/XXXXXXXX.safetensors` holding the VAE
 posterior's mean and std (training still draws a fresh latent sample every
 time) and its captions; caption text states go to `text/` (TextEmbeddingCache).
-A training run with `data.cache` set reads items from there and never decodes a
-video or runs the VAE encoder. `meta.json` records what the cache was made
-from; a run whose data or VAE differ is refused.
+A training run with `data.cache` set reads items from there (`CachedLatents` in
+data/build.py) and never decodes a video or runs the VAE encoder. `meta.json`
+records what the cache was made from; a run whose data or VAE differ is refused.
 """
 
 from __future__ import annotations
@@ -17,20 +17,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from patchflow.config import Config
+from patchflow.data.build import build_dataset, cache_key
 from patchflow.weights import atomic_write_bytes
-
-
-def cache_key(config: Config) -> dict:
-    """What a cache depends on: the data section (minus cache/workers), the VAE and the text encoder."""
-    data = {k: v for k, v in config.to_dict()["data"].items() if k not in ("cache", "workers", "caption_dropout",
-                                                                            "caption_styles", "length")}
-    return {"data": data, "vae": config.vae.table(), "text": config.text.table(), "seed": config.train.seed}
 
 
 @torch.no_grad()
@@ -41,7 +33,6 @@ def build_cache(config: Config, out: str | Path, items: int, progress: bool = Tr
     new captions through the text encoder in one call (about 10x faster than one by one on a CPU).
     """
     from patchflow.text import TextEmbeddingCache, load_text_encoder
-    from patchflow.train import build_dataset
     from patchflow.train_stages import _by_shape, load_vae
 
     if items < 1:
@@ -76,28 +67,3 @@ def build_cache(config: Config, out: str | Path, items: int, progress: bool = Tr
             bar.update(len(paths))
     atomic_write_bytes(meta_path, (json.dumps({"key": key, "items": items}, indent=2) + "\n").encode())
     return out
-
-
-class CachedLatents(Dataset):
-    """Items from a `patchflow cache` folder: `{"latent": (mean, std), "captions": {...}}`."""
-
-    def __init__(self, directory: str | Path, config: Config):
-        self.directory = Path(directory)
-        meta_path = self.directory / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"data.cache={directory!s}: no meta.json; run `patchflow cache` first")
-        meta = json.loads(meta_path.read_text())
-        if meta["key"] != cache_key(config):
-            raise ValueError(f"data.cache={directory!s} was made from other data, VAE or text encoder settings; "
-                             "rebuild it with `patchflow cache`")
-        self.files = sorted((self.directory / "latents").glob("*.safetensors"))
-        if not self.files:
-            raise ValueError(f"data.cache={directory!s} holds no latents")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict:
-        with safe_open(str(self.files[index]), "pt") as f:
-            captions = json.loads(f.metadata()["captions"])
-            return {"latent": (f.get_tensor("mean"), f.get_tensor("std")), "captions": captions}

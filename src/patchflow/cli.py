@@ -70,8 +70,9 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if args.preview:
         import random
 
+        from patchflow.data.captions import captions
         from patchflow.data.grid import video_grid
-        from patchflow.data.shapes import captions, render_scene, sample_scene
+        from patchflow.data.shapes import render_scene, sample_scene
 
         rng = random.Random(args.seed)
         records = [sample_scene(rng, split="all") for _ in range(args.count)]
@@ -97,7 +98,8 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
 
     rows, results = [], []
     if args.ground_truth:
-        from patchflow.data.shapes import plain_caption, render_scene, sample_scene
+        from patchflow.data.captions import plain_caption
+        from patchflow.data.shapes import render_scene, sample_scene
 
         for i in range(args.ground_truth):
             record = sample_scene(args.seed + i, split=args.split)

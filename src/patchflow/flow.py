@@ -11,8 +11,8 @@ A t of fewer dims than x is broadcast by appending singleton dims, so t is
 always a *prefix* of x's shape. Per-token t is what lets condition frames stay
 clean (t = 0) inside a noisy clip.
 
-Objective (rectified flow, t = 0 clean, t = 1 noise):
-    x_t = (1 - t) * x0 + t * eps          v = dx_t/dt = eps - x0
+Objective (rectified flow, t = 0 clean, t = 1 noise), all of it in `flow_matching_loss`:
+    x_t = (1 - t) * x0 + t * eps          v = dx_t/dt = eps - x0          loss = |model(x_t, t) - v|^2
 
 Timesteps: logit-normal, t = sigmoid(m + s * n), n ~ N(0, 1) (SD3, Esser et al.
 2024, §3.1), then the resolution-dependent shift of SD3 §5.3.2:
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -122,9 +123,34 @@ def sample_timesteps(n: int, cfg: FlowConfig, num_tokens: int | torch.Tensor | N
     return t.to(device) if device is not None else t
 
 
+def flow_matching_loss(model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, cond: Any = None, *,
+                       generator: torch.Generator | None = None, loss_mask: torch.Tensor | None = None,
+                       sample_ids: torch.Tensor | None = None, num_samples: int | None = None,
+                       weighting: str = "sample", shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       group=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training objective, whole (minRF's `forward`): noise, the point x_t, the model's velocity, masked MSE.
+
+    x0 [N, ...] clean data (packed tokens [R, S, D]); t the noise levels, a prefix of x0's shape
+    (per token [R, S], so condition tokens can stay clean with t = 0); model_fn(x_t, t, cond) -> v.
+    The noise is drawn on CPU from `generator`, so a seed gives the same loss on any device.
+    loss_mask, sample_ids, num_samples, weighting: as in `flow_loss`, for the elements model_fn sees.
+    Sequence parallelism: `shard` cuts full rows [R, S, ...] to this rank's part (x_t, t and the
+    target, before the model), loss_mask and sample_ids are given as this rank's part, and `group`
+    is the ranks that share the rows (see `flow_loss`).
+    Returns (loss, per-sample losses [num_samples], detached; NaN for a sample with no generated element).
+    """
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (N, ...)
+    x_t = interpolate(x0, noise, t)
+    target = velocity_target(x0, noise)
+    if shard is not None:
+        x_t, t, target = shard(x_t), shard(t), shard(target)  # (R, S/P, ...): this rank's tokens
+    pred = model_fn(x_t, t, cond)
+    return flow_loss(pred, target, loss_mask, weighting, sample_ids, num_samples, group)
+
+
 def flow_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None = None,
               weighting: str = "sample", sample_ids: torch.Tensor | None = None,
-              num_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              num_samples: int | None = None, group=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked MSE between predicted and target velocity.
 
     pred, target [N, ...]; loss_mask (bool or 0/1, a prefix of pred's shape or broadcastable to it)
@@ -142,11 +168,18 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor 
     With `sample_ids`, the per-sample losses are indexed by id when `num_samples` is given (ids in
     [0, num_samples), so a sample that lost all its tokens still has its slot), else they follow
     the sorted distinct ids.
+
+    group: a process group whose P ranks each hold a shard of the same samples (sequence
+    parallelism, pred [R, S/P, ...]). Element counts (and, for the report, squared-error sums)
+    are summed over the group, so the P shard losses add up to the whole batch's loss, and the
+    loss is multiplied by P because DDP/FSDP average gradients where the shards must be summed.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     if weighting not in ("sample", "token"):
         raise ValueError(f"weighting must be 'sample' or 'token', got {weighting!r}")
+    if group is not None and sample_ids is not None and num_samples is None:
+        raise ValueError("flow_loss over a process group needs num_samples, so every rank indexes samples alike")
     err = (pred.float() - target.float()).square()
     mask = torch.ones((), device=err.device) if loss_mask is None else expand_t(loss_mask.float(), err)
     mask = mask.expand_as(err)  # a view: sums below read it without a copy
@@ -168,13 +201,20 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor 
             num = int((uniq >= 0).sum())
         sums = torch.zeros(num, device=err.device).index_add_(0, inverse[valid], prefix_sums[valid])
         counts = torch.zeros(num, device=err.device).index_add_(0, inverse[valid], prefix_counts[valid])
-    per_sample = sums / counts.clamp(min=1)  # (num_samples,)
-    has = counts > 0
+    total_sums, total_counts = sums.detach(), counts  # (num_samples,) each: the whole samples'
+    if group is not None:
+        stats = torch.stack([total_counts, total_sums]).double()  # (2, num_samples)
+        dist.all_reduce(stats, group=group)
+        total_counts, total_sums = stats[0].to(counts.dtype), stats[1].to(sums.dtype)
+    per_sample = sums / total_counts.clamp(min=1)  # (num_samples,) this rank's part of each sample's mean
+    has = total_counts > 0
     if weighting == "token":
-        loss = sums.sum() / counts.sum().clamp(min=1)
+        loss = sums.sum() / total_counts.sum().clamp(min=1)
     else:  # mean over samples with at least one generated element (no host sync)
         loss = (per_sample * has).sum() / has.sum().clamp(min=1)
-    report = torch.where(has, per_sample.detach(), torch.full_like(per_sample, float("nan")))
+    report = torch.where(has, total_sums / total_counts.clamp(min=1), torch.full_like(per_sample, float("nan")))
+    if group is not None:
+        loss = loss * dist.get_world_size(group)
     return loss, report
 
 

@@ -61,9 +61,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from patchflow.data.captions import plain_caption
 from patchflow.data.shapes import (
-    BACKGROUNDS, HELDOUT_COMBOS, SIZES, TRAIN_COMBOS, ObjectSpec, SceneRecord, SceneSpec, plain_caption,
-    render_scene, sample_scene, scene_from_prompt,
+    BACKGROUNDS, HELDOUT_COMBOS, SIZES, TRAIN_COMBOS, ObjectSpec, SceneRecord, SceneSpec, render_scene, sample_scene,
+    scene_from_prompt,
 )
 from patchflow.evaluate import ATTRIBUTES, EvalResult, evaluate_video, summarize
 

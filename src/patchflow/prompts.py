@@ -23,10 +23,8 @@ import random
 import re
 from pathlib import Path
 
-from patchflow.data.shapes import (
-    BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, caption_vocabulary, parse_prompt,
-    plain_caption,
-)
+from patchflow.data.captions import caption_vocabulary, plain_caption
+from patchflow.data.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, parse_prompt
 
 DEFAULT_CAPTION_WEIGHTS = {"short": 0.2, "plain": 0.5, "detailed": 0.3}  # plain is what expansion produces
 DEFAULT_MOTION = "standing still"  # a shape named without a motion word is taken to be still

@@ -20,14 +20,14 @@ Composition with data parallelism: every one of the W = DP x P ranks runs DDP
 or FSDP2 over the whole world (gradients averaged over W), the P ranks of an SP
 group load the same batch and shard it with `shard_packed`. Because DDP/FSDP
 average over W while the P shards of one batch must be *summed*, the loss of a
-shard is scaled by P (`sequence_parallel_flow_loss` does this).
+shard is scaled by P (`flow.flow_loss(..., group=group)` does this).
 
     mesh = sequence_parallel_mesh(sp_size)               # ("dp", "sp") DeviceMesh
     model.enable_sequence_parallel(mesh["sp"].get_group())
     local = shard_packed(packed, group)                   # this rank's tokens
     pred = model.forward_packed(local, text, text_mask)   # [R, S'/P, D]
-    loss, per_sample = sequence_parallel_flow_loss(pred, target_local, local.loss_mask,
-                                                   local.sample_ids, packed.num_samples, group)
+    loss, per_sample = flow_loss(pred, shard_sequence(target, group), local.loss_mask, "sample",
+                                 local.sample_ids, packed.num_samples, group)
 """
 
 from __future__ import annotations
@@ -115,43 +115,6 @@ def shard_packed(packed, group):
               "loss_mask": False, "token_index": -1}
     return replace(packed, **{name: shard_sequence(getattr(packed, name), group, fill)
                               for name, fill in fields.items()})
-
-
-def sequence_parallel_flow_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
-                                sample_ids: torch.Tensor, num_samples: int, group,
-                                weighting: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
-    """flow.flow_loss for a sequence shard, ready for DDP/FSDP gradient averaging over the world.
-
-    pred, target [R, S/P, D]; loss_mask, sample_ids [R, S/P] (this rank's shard). The element
-    counts (and, for logging, the squared-error sums) of each sample are all-reduced over the SP
-    group, so the P shard losses sum to the full-batch loss; the result is multiplied by P because
-    DDP/FSDP average gradients over all ranks where the P shards of one batch must be summed.
-
-    Returns (loss to backward: P x this shard's share; per-sample losses [num_samples], detached,
-    the full batch's, NaN for a sample with no generated element). Same weighting rules as flow_loss.
-    """
-    if pred.shape != target.shape or pred.shape[:2] != loss_mask.shape or loss_mask.shape != sample_ids.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must be [R, S, D] with "
-                         f"loss_mask {tuple(loss_mask.shape)} and sample_ids {tuple(sample_ids.shape)} [R, S]")
-    if weighting not in ("sample", "token"):
-        raise ValueError(f"weighting must be 'sample' or 'token', got {weighting!r}")
-    p = _check_group(group)
-    keep = loss_mask.bool() & (sample_ids >= 0)
-    err = (pred.float() - target.float()).square().sum(-1)[keep]    # [n] per kept token, summed over D
-    ids = sample_ids[keep]
-    sums = err.new_zeros(num_samples).index_add(0, ids, err)        # [B] this shard's sums (with grad)
-    counts = torch.zeros(num_samples, dtype=torch.float64, device=pred.device).index_add_(
-        0, ids, torch.full_like(ids, pred.shape[-1], dtype=torch.float64))  # [B] elements
-    stats = torch.stack([counts, sums.detach().double()])           # [2, B]
-    dist.all_reduce(stats, group=group)
-    counts, full_sums = stats[0], stats[1]
-    present = counts > 0
-    if weighting == "sample":
-        share = (sums[present] / counts[present].float()).sum() / present.sum().clamp(min=1)
-    else:
-        share = sums.sum() / counts.sum().clamp(min=1).float()
-    per_sample = torch.where(present, full_sums / counts.clamp(min=1), torch.full_like(counts, float("nan")))
-    return share * p, per_sample.float()
 
 
 def sequence_parallel_mesh(sp_size: int, device_type: str | None = None):

@@ -3,11 +3,13 @@
     patchflow train dit --config configs/tiny.toml --out runs/tiny
     torchrun --nproc_per_node 8 -m patchflow train dit --config configs/shapes-world.toml --out runs/sw
 
-Phases of a step (nanoGPT style): data -> stage loss (train_stages.py) per
-micro-batch -> backward with accumulation -> clip, step, EMA -> log ->
-checkpoint / samples. Batches are indexed by (step, micro-batch, rank), and all
-randomness inside a micro-batch is seeded from the same triple, so `--resume`
-continues exactly and N processes equal 1 process with N accumulation steps.
+`train` reads as its phases: setup (models, wrapping, optimiser), resume (the
+last checkpoint), the loop, save. Phases of a step (nanoGPT style): data ->
+stage loss (train_stages.py) per micro-batch -> backward with accumulation ->
+clip, step, EMA -> log -> checkpoint / samples. Batches are indexed by (step,
+micro-batch, rank), and all randomness inside a micro-batch is seeded from the
+same triple, so `--resume` continues exactly and N processes equal 1 process
+with N accumulation steps.
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ import random
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from patchflow.checkpoint import EMA, list_checkpoints, load_checkpoint, load_train_state, rng_state, \
     save_checkpoint, set_rng_state, train_state
 from patchflow.config import Config
+from patchflow.data.build import StepSampler, build_dataset, collate
 from patchflow.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across, unwrap, wrap_model
 from patchflow.flow import loss_by_t_bin
 from patchflow.hardware import peak_flops
+from patchflow.train_stages import DiTStage, Stage, VAEStage
 from patchflow.weights import atomic_write_bytes
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,104 +70,7 @@ class StopSignal:
         self._previous = {}
 
 
-# ---------------------------------------------------------------- data
-def build_dataset(config: Config, stage: str):
-    d, seed = config.data, config.train.seed
-    sizes = [tuple(s) for s in d.sizes]
-    if d.cache and stage == "dit":
-        from patchflow.cache import CachedLatents
-
-        return CachedLatents(d.cache, config)
-    if d.dataset == "shapes":
-        from patchflow.data.datasets import ShapesDataset
-
-        if d.split == "heldout":
-            raise ValueError("data.split='heldout' would train on the held-out combinations; use 'train'")
-        return ShapesDataset(d.length, sizes, d.frames, d.split, seed)
-    if d.dataset == "folder":
-        from patchflow.data.videos import FolderDataset
-
-        return FolderDataset(d.path, sizes, d.frames, d.fps, d.resize, seed)
-    if d.dataset in ("footage", "footage+shapes"):
-        from patchflow.data.datasets import ShapesDataset
-        from patchflow.data.footage import FootageDataset
-
-        footage = _Captionless(FootageDataset(d.frames, sizes, d.length, seed))
-        if d.dataset == "footage":
-            return footage
-        return _Mixed(footage, ShapesDataset(d.length, sizes, d.frames, "train", seed), d.shapes_share, seed)
-    raise AssertionError(f"data.dataset {d.dataset!r}")  # DataConfig checks the choice
-
-
-class _Mixed(torch.utils.data.Dataset):
-    """Item i comes from `b` with probability `share` (decided by (seed, i)), else from `a`."""
-
-    def __init__(self, a, b, share: float, seed: int):
-        if not 0 <= share <= 1:
-            raise ValueError(f"data.shapes_share must be in [0, 1], got {share}")
-        self.a, self.b, self.share, self.seed = a, b, share, seed
-
-    def __len__(self) -> int:
-        return min(len(self.a), len(self.b))
-
-    def __getitem__(self, index: int) -> dict:
-        item = (self.b if random.Random(self.seed * 7919 + index).random() < self.share else self.a)[index]
-        return {"video": item["video"], "captions": item["captions"]}
-
-
-class _Captionless(torch.utils.data.Dataset):
-    """Wrap a dataset of bare video tensors (VAE data) into the item dict the stages expect."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"video": self.inner[index], "captions": {"plain": ""}}
-
-
-class StepSampler(Sampler):
-    """Index lists for micro-batch (step, micro) of this rank, from `start_step` on.
-
-    Global position g = ((step * accum + micro) * world + rank) * batch + i walks a
-    fresh seeded permutation per epoch, so the data order depends only on the
-    global batch layout, never on how many processes share it.
-    """
-
-    def __init__(self, length: int, batch: int, accum: int, info: DistInfo, start_step: int, steps: int,
-                 seed: int, shuffle: bool):
-        self.length, self.batch, self.accum, self.info = length, batch, accum, info
-        self.start, self.steps, self.seed, self.shuffle = start_step, steps, seed, shuffle
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def _index(self, g: int) -> int:
-        epoch, pos = divmod(g, self.length)
-        if not self.shuffle:
-            return pos
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch)))
-        return int(self._perm[1][pos])
-
-    def __iter__(self):
-        w, r = self.info.world_size, self.info.rank
-        for step in range(self.start, self.steps):
-            for micro in range(self.accum):
-                first = ((step * self.accum + micro) * w + r) * self.batch
-                yield [self._index(first + i) for i in range(self.batch)]
-
-    def __len__(self) -> int:
-        return (self.steps - self.start) * self.accum
-
-
-def collate(items: list) -> dict:
-    kept = [it for it in items if it is not None]  # None: an unreadable file, already warned about
-    batch = {key: [it[key] for it in kept] for key in (kept[0] if kept else {"captions": None})}
-    batch["skipped"] = len(items) - len(kept)
-    return batch
-
-
+# ---------------------------------------------------------------- optimiser and seeds
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups: weight decay on matrices and conv kernels only.
 
@@ -237,207 +145,292 @@ def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
 
 
 # ---------------------------------------------------------------- the loop
+@dataclass
+class Run:
+    """What the phases of `train` share: the stage, its wrapped model and optimiser, and where this process is."""
+
+    stage: Stage
+    wrapped: torch.nn.Module       # stage.model under DDP / FSDP2 (the model itself on one process)
+    ema: EMA | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler   # scales the loss for fp16 only
+    dtype: torch.dtype             # autocast precision (fp32: no autocast)
+    info: DistInfo                 # this process
+    data_info: DistInfo            # whose batches it draws: under sequence parallelism, its SP group's
+
+
 def train(stage_name: str, config: Config, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train `stage_name` ("vae" or "dit") per `config` into run folder `out`; returns `out/final`."""
-    from patchflow.train_stages import DiTStage, VAEStage
-
     check_config(config, stage_name)
     tc, out = config.train, Path(out)
     info = init_distributed(tc.device)
-    ckpt_dir = out / "checkpoints"
-    existing = list_checkpoints(ckpt_dir)
-    if existing and not resume:
-        raise ValueError(f"{out} already holds checkpoints (latest {existing[-1].name}); "
-                         "pass --resume to continue it or choose another --out")
-    if resume and not existing:
-        raise ValueError(f"--resume: no checkpoints in {ckpt_dir}")
-
-    if tc.deterministic == "on" or (tc.deterministic == "auto" and info.device.type == "cpu"):
-        # Threaded CPU reductions otherwise differ in the last bits from run to run.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    # -- build: the same seed on every rank gives identical initial weights
-    torch.manual_seed(tc.seed)
-    random.seed(tc.seed)
-    stage = (DiTStage if stage_name == "dit" else VAEStage)(config, info.device)
-    model = stage.model.to(info.device)
-    data_info = info  # whose batches this process draws: with sequence parallelism, its SP group's
-    if tc.sequence_parallel > 1:
-        from patchflow.sequence_parallel import sequence_parallel_mesh
-
-        if stage_name != "dit":
-            raise ValueError("train.sequence_parallel applies to the DiT stage only")
-        p = tc.sequence_parallel
-        group = sequence_parallel_mesh(p, info.device.type)["sp"].get_group()
-        stage.enable_sequence_parallel(group)
-        data_info = DistInfo(info.rank // p, info.world_size // p, info.local_rank, info.device)
-    if stage_name == "dit":
-        check_data_geometry(config, stage.vae, model.config.patch_size)
-    elif config.data.dataset == "shapes":
-        check_data_geometry(config, model)
-    if tc.compile and hasattr(model, "compile_blocks"):
-        model.compile_blocks()
-    frozen = freeze_parameters(model, tc.freeze)
-    if frozen and info.is_main:
-        print(f"train.freeze: {frozen:,} parameters fixed ({', '.join(tc.freeze)})")
-    wrapped = wrap_model(model, info, tc.distributed)
-    ema = EMA(wrapped, tc.ema_decay) if tc.ema_decay > 0 else None
-    dtype = resolve_precision(tc.precision, info.device)
-    fused = info.device.type == "cuda"
-    optimizer = torch.optim.AdamW(optimizer_groups(unwrap(wrapped), tc.weight_decay), lr=tc.lr,
-                                  betas=tuple(tc.betas), fused=fused)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
-
-    start = 0
-    if resume:
-        state = load_checkpoint(existing[-1])
-        load_train_state(wrapped, optimizer, state["model"], state["optimizer"])
-        if ema is not None and "ema" in state:
-            ema.load_full_state(state["ema"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        if hasattr(stage, "load_extra_state"):
-            stage.load_extra_state(state.get("extra", {}))
-        start = int(state["step"])
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.json", (json.dumps({"stage": stage_name, **config.to_dict()}, indent=2)
-                                                 + "\n").encode())
-    log_path = out / "log.jsonl"
-    if info.is_main and resume and log_path.exists():  # drop records past the checkpoint: the curve stays exact
-        kept = [l for l in log_path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= start]
-        atomic_write_bytes(log_path, ("\n".join(kept) + "\n" if kept else "").encode())
-
-    dataset = build_dataset(config, stage_name)
-    # Generated datasets are random per index already; files and caches are walked in shuffled epochs.
-    shuffle = config.data.dataset == "folder" or bool(config.data.cache)
-    sampler = StepSampler(len(dataset), tc.batch_size, tc.grad_accum, data_info, start, tc.steps, tc.seed, shuffle)
-    loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.workers,
-                             persistent_workers=False))
-    peak = peak_flops(str(info.device), dtype) if stage_name == "dit" else 0.0
+    checkpoints = _checkpoints_to_resume(out / "checkpoints", resume)
+    # -- setup: models, wrapping and optimiser; then the state of the last checkpoint
+    run = _setup(stage_name, config, info)
+    start = _resume(run, checkpoints[-1]) if resume else 0
+    log_path = _open_run_folder(out, stage_name, config, info, resume, start)
+    loader = _batches(config, stage_name, run.data_info, start)
+    peak = peak_flops(str(info.device), run.dtype) if stage_name == "dit" else 0.0
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and info.is_main), desc=f"train {stage_name}",
                dynamic_ncols=True)
-    bad_steps, skipped, window = 0, 0, {"loss": 0.0, "tokens": 0, "time": 0.0, "steps": 0, "flops": 0.0}
-    t_bins = torch.zeros(10), torch.zeros(10)
     stop = StopSignal()
     try:
-        for step in range(start, tc.steps):
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, tc)
-            # -- forward / backward over micro-batches
-            step_loss, tokens, finite, logs, flops = 0.0, 0, True, {}, 0.0
-            for micro in range(tc.grad_accum):
-                batch = next(loader)
-                skipped += batch.pop("skipped")
-                if not batch["captions"]:
-                    raise RuntimeError(f"step {step}: every clip of the micro-batch was unreadable")
-                seed = micro_seed(tc.seed, step, micro, data_info, tc.grad_accum)
-                rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-                sync = contextlib.nullcontext() if micro == tc.grad_accum - 1 or not hasattr(wrapped, "no_sync") \
-                    else wrapped.no_sync()
-                with sync:
-                    with torch.autocast(info.device.type, dtype=dtype, enabled=dtype != torch.float32):
-                        loss, logs, n = stage.batch_loss(wrapped, batch, step, rng, gen)
-                    finite &= bool(torch.isfinite(loss))
-                    scaler.scale(loss / tc.grad_accum).backward()
-                # Under sequence parallelism a shard's loss is P x its share of the batch loss, so the
-                # mean over the P ranks of a group (the logged mean) is the batch loss.
-                step_loss += loss.item() / tc.grad_accum
-                tokens += n
-                if stage_name == "dit":
-                    flops += 3 * model.estimate_flops(logs["lengths"], text_len=logs["text_len"])
-                    b, c = loss_by_t_bin(logs["t"], logs["per_sample"])
-                    t_bins[0].add_(torch.nan_to_num(b) * c), t_bins[1].add_(c)
-            # -- update (skipped everywhere if any rank saw a non-finite loss)
-            finite = mean_across(float(finite), info) == 1.0
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
-                bad_steps += 1
-                if info.is_main:
-                    print(f"step {step}: non-finite loss, step skipped ({bad_steps}/{tc.max_bad_steps})")
-                if bad_steps >= tc.max_bad_steps:
-                    raise RuntimeError(f"stopping: {bad_steps} consecutive non-finite losses at step {step}; "
-                                       "lower train.lr, use fp32/bf16, or check the data")
-                continue
-            bad_steps = 0
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(unwrap(wrapped).parameters(), tc.grad_clip or float("inf")))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(wrapped, step)
-            extra_logs = stage.after_step(step) if hasattr(stage, "after_step") else {}
-            # -- timing and logging
-            if info.device.type == "cuda":
-                torch.cuda.synchronize(info.device)
-            dt = time.perf_counter() - t0
-            for key, value in (("loss", step_loss), ("tokens", tokens), ("time", dt), ("steps", 1), ("flops", flops)):
-                window[key] += value
-            bar.update(1)
-            done = step + 1
-            if done % tc.log_every == 0 or done == tc.steps:
-                record = _log_record(done, window, info, optimizer, peak, grad_norm, skipped, t_bins, logs, extra_logs)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
-                                mfu=f"{record.get('mfu', 0):.1%}")
-                if info.is_main:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                window = dict.fromkeys(window, 0.0)
-                t_bins = torch.zeros(10), torch.zeros(10)
-            stopping = done != tc.steps and mean_across(float(stop.name is not None), info) > 0
-            if done % tc.checkpoint_every == 0 or done == tc.steps or stopping:
-                _checkpoint(ckpt_dir, done, wrapped, optimizer, scaler, ema, stage, info, tc.keep_checkpoints)
-            if stopping:
-                raise TrainingStopped(f"stopped by {stop.name or 'another rank'} after step {done}: checkpoint "
-                                      f"{ckpt_dir} written; continue with --resume")
-            if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
-                _samples(stage, wrapped, ema, out / "samples" / f"step_{done:08d}", config, info)
-        final = out / "final"
-        model_state = ema.full_state(wrapped) if ema is not None else train_state(wrapped, optimizer)[0]
-        if info.is_main:
-            stage.component_dirs(final, model_state)
-        _samples(stage, wrapped, ema, out / "samples" / "final", config, info)
-        barrier(info)
-        return final
+        # -- loop: steps, logs, checkpoints and samples, until train.steps or a stop signal
+        _loop(run, config, loader, start, out, _Log(log_path, peak, bar, info), stop)
+        # -- save: the final component folder(s) and samples
+        return _save(run, config, out)
     finally:
         stop.restore()
         bar.close()
         cleanup(info)
 
 
-def _log_record(step, window, info, optimizer, peak, grad_norm, skipped, t_bins, logs, extra) -> dict:
-    steps = max(window["steps"], 1)
-    seconds = max(mean_across(window["time"], info), 1e-9)
-    record = {"step": step, "loss": mean_across(window["loss"] / steps, info),
-              "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-              "steps_per_s": steps / seconds,
-              "tokens_per_s": mean_across(window["tokens"], info) * info.world_size / seconds,
-              "skipped_items": skipped, "time": time.time()}
-    if peak and window["flops"]:
-        record["mfu"] = window["flops"] / seconds / peak
-    if t_bins[1].sum() > 0:
-        record["loss_by_t"] = [round(float(s / c), 5) if c else None for s, c in zip(*t_bins)]
-    for key, value in {**logs, **extra}.items():
-        if isinstance(value, float):
-            record[key] = value
-    return record
+def _checkpoints_to_resume(directory: Path, resume: bool) -> list[Path]:
+    """The run's checkpoints; refuses to overwrite a run, or to resume one that has none."""
+    existing = list_checkpoints(directory)
+    if existing and not resume:
+        raise ValueError(f"{directory.parent} already holds checkpoints (latest {existing[-1].name}); "
+                         "pass --resume to continue it or choose another --out")
+    if resume and not existing:
+        raise ValueError(f"--resume: no checkpoints in {directory}")
+    return existing
 
 
-def _checkpoint(directory, step, wrapped, optimizer, scaler, ema, stage, info, keep) -> None:
-    model_state, optim_state = train_state(wrapped, optimizer)  # collective under FSDP
-    payload = {"model": model_state, "optimizer": optim_state, "scaler": scaler.state_dict(), "rng": rng_state(),
-               "ema": ema.full_state(wrapped) if ema is not None else None,
-               "extra": stage.extra_state() if hasattr(stage, "extra_state") else {}}
-    if ema is None:
+def _setup(stage_name: str, config: Config, info: DistInfo) -> Run:
+    """The stage's models on this process's device, wrapped for DDP/FSDP, with their optimiser."""
+    tc = config.train
+    if tc.deterministic == "on" or (tc.deterministic == "auto" and info.device.type == "cpu"):
+        # Threaded CPU reductions otherwise differ in the last bits from run to run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(tc.seed)  # the same seed on every rank gives identical initial weights
+    random.seed(tc.seed)
+    stage = (DiTStage if stage_name == "dit" else VAEStage)(config, info.device)
+    model = stage.model.to(info.device)
+    data_info = _sequence_parallel(stage, tc.sequence_parallel, info)
+    if stage_name == "dit":
+        check_data_geometry(config, stage.vae, model.config.patch_size)
+    elif config.data.dataset == "shapes":
+        check_data_geometry(config, model)
+    if tc.compile:
+        stage.compile()
+    frozen = freeze_parameters(model, tc.freeze)
+    if frozen and info.is_main:
+        print(f"train.freeze: {frozen:,} parameters fixed ({', '.join(tc.freeze)})")
+    wrapped = wrap_model(model, info, tc.distributed)
+    ema = EMA(wrapped, tc.ema_decay) if tc.ema_decay > 0 else None
+    dtype = resolve_precision(tc.precision, info.device)
+    optimizer = torch.optim.AdamW(optimizer_groups(unwrap(wrapped), tc.weight_decay), lr=tc.lr,
+                                  betas=tuple(tc.betas), fused=info.device.type == "cuda")
+    scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
+    return Run(stage, wrapped, ema, optimizer, scaler, dtype, info, data_info)
+
+
+def _sequence_parallel(stage: Stage, p: int, info: DistInfo) -> DistInfo:
+    """For p > 1, shard the DiT's token rows over groups of p ranks; returns whose batches this process
+    draws (its group's, so the p ranks of a group load the same batch)."""
+    if p == 1:
+        return info
+    from patchflow.sequence_parallel import sequence_parallel_mesh
+
+    if stage.name != "dit":
+        raise ValueError("train.sequence_parallel applies to the DiT stage only")
+    stage.enable_sequence_parallel(sequence_parallel_mesh(p, info.device.type)["sp"].get_group())
+    return DistInfo(info.rank // p, info.world_size // p, info.local_rank, info.device)
+
+
+def _resume(run: Run, path: Path) -> int:
+    """Load checkpoint `path` into the run (weights, EMA, optimiser, scaler, RNG, stage extras); returns its step."""
+    state = load_checkpoint(path)
+    load_train_state(run.wrapped, run.optimizer, state["model"], state["optimizer"])
+    if run.ema is not None and "ema" in state:
+        run.ema.load_full_state(state["ema"])
+    run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    run.stage.load_extra_state(state.get("extra", {}))
+    return int(state["step"])
+
+
+def _open_run_folder(out: Path, stage_name: str, config: Config, info: DistInfo, resume: bool, start: int) -> Path:
+    """Write out/config.json and return the log's path; on resume, drop the log records past the checkpoint
+    so that the curve stays exact. Rank 0 only."""
+    log_path = out / "log.jsonl"
+    if not info.is_main:
+        return log_path
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.json", (json.dumps({"stage": stage_name, **config.to_dict()}, indent=2)
+                                             + "\n").encode())
+    if resume and log_path.exists():
+        kept = [l for l in log_path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= start]
+        atomic_write_bytes(log_path, ("\n".join(kept) + "\n" if kept else "").encode())
+    return log_path
+
+
+def _batches(config: Config, stage_name: str, data_info: DistInfo, start: int):
+    """This process's micro-batches from step `start` on, in StepSampler's order."""
+    tc = config.train
+    dataset = build_dataset(config, stage_name)
+    # Generated datasets are random per index already; files and caches are walked in shuffled epochs.
+    shuffle = config.data.dataset == "folder" or bool(config.data.cache)
+    sampler = StepSampler(len(dataset), tc.batch_size, tc.grad_accum, data_info, start, tc.steps, tc.seed, shuffle)
+    return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.workers,
+                           persistent_workers=False))
+
+
+def _loop(run: Run, config: Config, loader, start: int, out: Path, log: _Log, stop: StopSignal) -> None:
+    """Steps `start` .. train.steps - 1; raises TrainingStopped after a step in which any rank got a stop signal."""
+    tc, info = config.train, run.info
+    bad_steps = 0
+    for step in range(start, tc.steps):
+        t0 = time.perf_counter()
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(step, tc)
+        # -- forward / backward over micro-batches
+        loss, tokens, finite, logs, flops = _forward_backward(run, loader, step, tc, log)
+        # -- update (skipped everywhere if any rank saw a non-finite loss)
+        if mean_across(float(finite), info) != 1.0:
+            bad_steps += 1
+            _skip_step(run, step, bad_steps, tc.max_bad_steps)
+            continue
+        bad_steps = 0
+        grad_norm, extra_logs = _update(run, step, tc.grad_clip)
+        # -- timing and logging
+        if info.device.type == "cuda":
+            torch.cuda.synchronize(info.device)
+        log.add_step(loss, tokens, time.perf_counter() - t0, flops)
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            log.write(done, run.optimizer, grad_norm, {**logs, **extra_logs})
+        # -- checkpoint and samples; a stop signal on any rank stops every rank here
+        stopping = done != tc.steps and mean_across(float(stop.name is not None), info) > 0
+        if done % tc.checkpoint_every == 0 or done == tc.steps or stopping:
+            _checkpoint(out / "checkpoints", done, run, tc.keep_checkpoints)
+        if stopping:
+            raise TrainingStopped(f"stopped by {stop.name or 'another rank'} after step {done}: checkpoint "
+                                  f"{out / 'checkpoints'} written; continue with --resume")
+        if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
+            _samples(run, out / "samples" / f"step_{done:08d}", config)
+
+
+def _forward_backward(run: Run, loader, step: int, tc, log: _Log) -> tuple[float, int, bool, dict, float]:
+    """Accumulate the gradients of the step's micro-batches (DDP syncs on the last one only).
+
+    Returns (mean loss, tokens, all losses finite on this rank, the last micro-batch's logs, training FLOPs).
+    """
+    step_loss, tokens, finite, logs, flops = 0.0, 0, True, {}, 0.0
+    for micro in range(tc.grad_accum):
+        batch = next(loader)
+        log.skipped += batch.pop("skipped")
+        if not batch["captions"]:
+            raise RuntimeError(f"step {step}: every clip of the micro-batch was unreadable")
+        seed = micro_seed(tc.seed, step, micro, run.data_info, tc.grad_accum)
+        rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+        sync = contextlib.nullcontext() if micro == tc.grad_accum - 1 or not hasattr(run.wrapped, "no_sync") \
+            else run.wrapped.no_sync()
+        with sync:
+            with torch.autocast(run.info.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
+                loss, logs, n = run.stage.batch_loss(run.wrapped, batch, step, rng, gen)
+            finite &= bool(torch.isfinite(loss))
+            run.scaler.scale(loss / tc.grad_accum).backward()
+        # Under sequence parallelism a shard's loss is P x its share of the batch loss, so the
+        # mean over the P ranks of a group (the logged mean) is the batch loss.
+        step_loss += loss.item() / tc.grad_accum
+        tokens += n
+        if run.stage.name == "dit":
+            flops += 3 * run.stage.model.estimate_flops(logs["lengths"], text_len=logs["text_len"])
+            log.add_loss_by_t(logs["t"], logs["per_sample"])
+    return step_loss, tokens, finite, logs, flops
+
+
+def _skip_step(run: Run, step: int, bad_steps: int, max_bad_steps: int) -> None:
+    """Drop the step's gradients; stop after `max_bad_steps` non-finite steps in a row."""
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.info.is_main:
+        print(f"step {step}: non-finite loss, step skipped ({bad_steps}/{max_bad_steps})")
+    if bad_steps >= max_bad_steps:
+        raise RuntimeError(f"stopping: {bad_steps} consecutive non-finite losses at step {step}; "
+                           "lower train.lr, use fp32/bf16, or check the data")
+
+
+def _update(run: Run, step: int, grad_clip: float) -> tuple[float, dict]:
+    """Clip, optimiser step, EMA, then the stage's own after-step work; returns (gradient norm, its logs)."""
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(unwrap(run.wrapped).parameters(), grad_clip or float("inf")))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(run.wrapped, step)
+    return grad_norm, run.stage.after_step(step)
+
+
+class _Log:
+    """The JSON-lines log: sums over the steps since the last record, and one record every `log_every` steps."""
+
+    def __init__(self, path: Path, peak: float, bar: tqdm, info: DistInfo):
+        self.path, self.peak, self.bar, self.info = path, peak, bar, info
+        self.skipped = 0  # unreadable clips so far
+        self._reset()
+
+    def _reset(self) -> None:
+        self.window = {"loss": 0.0, "tokens": 0, "time": 0.0, "steps": 0, "flops": 0.0}
+        self.t_bins = torch.zeros(10), torch.zeros(10)  # loss sums and counts per timestep bin
+
+    def add_loss_by_t(self, t: torch.Tensor, per_sample: torch.Tensor) -> None:
+        b, c = loss_by_t_bin(t, per_sample)
+        self.t_bins[0].add_(torch.nan_to_num(b) * c), self.t_bins[1].add_(c)
+
+    def add_step(self, loss: float, tokens: int, seconds: float, flops: float) -> None:
+        for key, value in (("loss", loss), ("tokens", tokens), ("time", seconds), ("steps", 1), ("flops", flops)):
+            self.window[key] += value
+        self.bar.update(1)
+
+    def write(self, step: int, optimizer, grad_norm: float, logs: dict) -> None:
+        """Append the record of the steps up to `step` (means across ranks; rank 0 writes) and start a new window."""
+        w, info = self.window, self.info
+        steps = max(w["steps"], 1)
+        seconds = max(mean_across(w["time"], info), 1e-9)
+        record = {"step": step, "loss": mean_across(w["loss"] / steps, info),
+                  "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                  "steps_per_s": steps / seconds,
+                  "tokens_per_s": mean_across(w["tokens"], info) * info.world_size / seconds,
+                  "skipped_items": self.skipped, "time": time.time()}
+        if self.peak and w["flops"]:
+            record["mfu"] = w["flops"] / seconds / self.peak
+        if self.t_bins[1].sum() > 0:
+            record["loss_by_t"] = [round(float(s / c), 5) if c else None for s, c in zip(*self.t_bins)]
+        record.update({key: value for key, value in logs.items() if isinstance(value, float)})
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                             mfu=f"{record.get('mfu', 0):.1%}")
+        if info.is_main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        self._reset()
+
+
+def _checkpoint(directory: Path, step: int, run: Run, keep: int) -> None:
+    model_state, optim_state = train_state(run.wrapped, run.optimizer)  # collective under FSDP
+    payload = {"model": model_state, "optimizer": optim_state, "scaler": run.scaler.state_dict(), "rng": rng_state(),
+               "ema": run.ema.full_state(run.wrapped) if run.ema is not None else None,
+               "extra": run.stage.extra_state()}
+    if run.ema is None:
         payload.pop("ema")
-    save_checkpoint(directory, step, payload, info, keep)
-    barrier(info)
+    save_checkpoint(directory, step, payload, run.info, keep)
+    barrier(run.info)
 
 
-def _samples(stage, wrapped, ema, directory: Path, config: Config, info: DistInfo) -> None:
+def _samples(run: Run, directory: Path, config: Config) -> None:
     """Sample videos (mp4) and a contact sheet (png) from the EMA weights, on rank 0."""
-    state = ema.full_state(wrapped) if ema is not None else None
-    if not info.is_main or not hasattr(stage, "write_samples"):
-        return
-    stage.write_samples(directory, state, config)
+    state = run.ema.full_state(run.wrapped) if run.ema is not None else None  # collective under FSDP
+    if run.info.is_main:
+        run.stage.write_samples(directory, state, config)
+
+
+def _save(run: Run, config: Config, out: Path) -> Path:
+    """The final component folder(s) from the EMA weights (else the trained ones), and final samples."""
+    final = out / "final"
+    model_state = run.ema.full_state(run.wrapped) if run.ema is not None else train_state(run.wrapped, run.optimizer)[0]
+    if run.info.is_main:
+        run.stage.component_dirs(final, model_state)
+    _samples(run, out / "samples" / "final", config)
+    barrier(run.info)
+    return final

@@ -1,6 +1,7 @@
 """What one training step computes, per stage; the loop itself is in train.py.
 
-A stage owns its models and turns a batch of clips into a loss:
+A stage owns its models and turns a batch of clips into a loss (`Stage` is what
+the loop asks of one; the hooks a stage does not need do nothing):
 
     DiTStage   frozen VAE -> latents, frozen text encoder -> states, random task masks,
                pack (NaViT) -> flow-matching loss on the generated tokens
@@ -14,7 +15,9 @@ from (seed, step, micro-batch, rank): that is what makes resume exact and makes
 from __future__ import annotations
 
 import copy
+import functools
 import random
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,10 +25,12 @@ import torch
 from torch import nn
 
 from patchflow.config import Config, VAESection
+from patchflow.data.build import build_dataset
 from patchflow.dit import DiT
-from patchflow.flow import flow_loss, interpolate, sample_timesteps, velocity_target
+from patchflow.flow import flow_matching_loss, sample_timesteps
 from patchflow.patches import pack, pad_batch
 from patchflow.prompts import choose_caption, drop_caption
+from patchflow.sequence_parallel import shard_packed, shard_sequence
 from patchflow.text import TextEmbeddingCache, TextEncoder, load_text_encoder
 from patchflow.vae import VideoVAE
 from patchflow.vae_loss import VAELoss
@@ -46,7 +51,40 @@ def _by_shape(videos: list[torch.Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
-class DiTStage:
+class Stage(ABC):
+    """What the training loop asks of a stage: a loss per micro-batch, the saved result, and hooks."""
+
+    name: str
+    model: nn.Module  # what the loop wraps (DDP/FSDP), optimises and checkpoints
+
+    @abstractmethod
+    def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
+                   gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
+        """(loss to backward, logs, tokens or pixels it covered) of one micro-batch; `model` is the wrapped model."""
+
+    @abstractmethod
+    def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
+        """Write the trained component(s) with weights `model_state` into the folder `final`."""
+
+    def compile(self) -> None:
+        """torch.compile what pays off (train.compile); nothing by default."""
+
+    def after_step(self, step: int) -> dict:
+        """Work after the optimiser step (e.g. a discriminator's update); returns float logs."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """What a checkpoint keeps beyond model, EMA and optimiser (restored by `load_extra_state`)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what `extra_state` returned."""
+
+    def write_samples(self, directory: Path, model_state: dict | None, config: Config) -> None:
+        """Sample outputs of weights `model_state` (None: the live model) into `directory`; nothing by default."""
+
+
+class DiTStage(Stage):
     name = "dit"
 
     def __init__(self, config: Config, device: torch.device):
@@ -67,6 +105,9 @@ class DiTStage:
         """Shard each packed batch's tokens over `group` (the ranks of one sequence-parallel group)."""
         self.model.enable_sequence_parallel(group)
         self.sp_group = group
+
+    def compile(self) -> None:
+        self.model.compile_blocks()
 
     @torch.no_grad()
     def latents(self, videos: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
@@ -101,25 +142,22 @@ class DiTStage:
                                c.train.token_drop or None, gen)
         packed = packed.to(self.device)
         text, text_mask = self.text.encode(captions)
+        text, text_mask = text.to(self.device), text_mask.to(self.device)
         lengths = torch.bincount(packed.sample_ids[packed.sample_ids >= 0].cpu(), minlength=len(latents))
         t = sample_timesteps(len(latents), c.flow, num_tokens=lengths, generator=gen)  # (B,)
         t_tok = packed.per_token(t) * ~packed.cond_mask  # (R, S): clean condition tokens have t = 0
-        noise = torch.randn(packed.tokens.shape, generator=gen).to(self.device)  # (R, S, D)
-        x_t = interpolate(packed.tokens, noise, t_tok)
-        target = velocity_target(packed.tokens, noise)
-        text, text_mask = text.to(self.device), text_mask.to(self.device)
-        if self.sp_group is None:
-            pred = model(x_t, t_tok, packed.coords, packed.sample_ids, text, text_mask)
-            loss, per_sample = flow_loss(pred, target, packed.loss_mask, c.flow.loss_weighting, packed.sample_ids)
-        else:  # this rank holds one contiguous shard of every row's tokens (Ulysses)
-            from patchflow.sequence_parallel import sequence_parallel_flow_loss, shard_packed, shard_sequence
+        local, shard = packed, None
+        if self.sp_group is not None:  # this rank holds one contiguous shard of every row's tokens (Ulysses)
+            local = shard_packed(packed, self.sp_group)
+            shard = functools.partial(shard_sequence, group=self.sp_group)
 
-            g = self.sp_group
-            local = shard_packed(packed, g)
-            pred = model(shard_sequence(x_t, g), shard_sequence(t_tok, g), local.coords, local.sample_ids, text,
-                         text_mask)
-            loss, per_sample = sequence_parallel_flow_loss(pred, shard_sequence(target, g), local.loss_mask,
-                                                           local.sample_ids, len(latents), g, c.flow.loss_weighting)
+        def velocity(x_t, t_tok, cond):  # the DiT as flow.py's model_fn, on this rank's tokens
+            return model(x_t, t_tok, local.coords, local.sample_ids, *cond)
+
+        loss, per_sample = flow_matching_loss(
+            velocity, packed.tokens, t_tok, (text, text_mask), generator=gen, loss_mask=local.loss_mask,
+            sample_ids=local.sample_ids, num_samples=len(latents), weighting=c.flow.loss_weighting, shard=shard,
+            group=self.sp_group)
         logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
                 "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean())}
         return loss, logs, int(packed.loss_mask.sum())
@@ -158,7 +196,7 @@ class DiTStage:
 LATENT_STATS_CLIPS = 64  # training clips whose latents set the saved VAE's per-channel mean and std
 
 
-class VAEStage:
+class VAEStage(Stage):
     name = "vae"
 
     def __init__(self, config: Config, device: torch.device):
@@ -216,7 +254,6 @@ class VAEStage:
 
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Save the VAE with its latent statistics measured on training clips (what `normalize` uses)."""
-        from patchflow.train import build_dataset
         from patchflow.vae import measure_latent_stats, measure_latent_whitening
 
         vae = VideoVAE(copy.deepcopy(self.model.config)).to(self.device)

@@ -1,39 +1,20 @@
-"""Shapes World captions: three styles from one record, and a parser of the plain form.
+"""Shapes World captions: three styles from one record.
 
     short     red circle moving right
     plain     a small red circle moving right on a black background
     detailed  A small red circle glides steadily from the left side of the frame
               toward the right over a plain black background.
 
-`parse_prompt` reads the plain form back (size and background may be left out)
-and names the first word it does not understand.
+`shapes.parse_prompt` reads the plain form back (size and background may be left
+out) and names the first word it does not understand.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
 
-from patchflow.data.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SceneRecord
-
-
-@dataclass
-class ObjectSpec:
-    """What a prompt says about one object; `size=None` when the prompt leaves it open."""
-
-    color: str
-    shape: str
-    motion: str
-    size: str | None = None
-
-
-@dataclass
-class SceneSpec:
-    """What a prompt says about a scene; `background=None` when left open."""
-
-    objects: list[ObjectSpec] = field(default_factory=list)
-    background: str | None = None
+from patchflow.data.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SceneRecord, SceneSpec, prompt_words
 
 
 # ---------------------------------------------------------------- short and plain
@@ -119,76 +100,10 @@ def caption_vocabulary() -> frozenset[str]:
     """Every word a caption of any style can use: the words a Shapes World model was trained on."""
     phrases = [*(p for ps in _MOTION_PHRASES.values() for p in ps), *_BACKGROUND_PHRASES, *_OPENERS, *_CLOSERS,
                *COLORS, *SHAPES, *SIZES, *MOTIONS, *BACKGROUNDS, "a an and on background"]
-    return frozenset(w for p in phrases for w in _words(re.sub(r"\{\w\}", " ", p)))  # without {o}, {b}
+    return frozenset(w for p in phrases for w in prompt_words(re.sub(r"\{\w\}", " ", p)))  # without {o}, {b}
 
 
 def captions(scene: SceneRecord, seed: int = 0) -> dict[str, str]:
     """All three caption styles of a record (`detailed` varies with `seed`)."""
     return {"short": short_caption(scene), "plain": plain_caption(scene),
             "detailed": detailed_caption(scene, seed)}
-
-
-# ---------------------------------------------------------------- parsing
-_MOTION_WORDS = {m.split()[0]: m for m in MOTIONS}  # "moving" -> needs a direction; others are one word
-_DIRECTIONS = ("left", "right", "up", "down")
-
-
-def _words(prompt: str) -> list[str]:
-    return re.findall(r"[a-z]+", prompt.lower())
-
-
-def parse_prompt(prompt: str) -> SceneSpec:
-    """Parse the plain caption form into a `SceneSpec`.
-
-    Grammar: OBJECT ["and" OBJECT] ["on" ["a"] BACKGROUND "background"], where
-    OBJECT = ["a"|"an"] [SIZE] COLOUR SHAPE MOTION. Raises ValueError naming the
-    first word that does not fit.
-    """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-    words, i = _words(prompt), 0
-
-    def fail(expected: str) -> ValueError:
-        word = words[i] if i < len(words) else "<end of prompt>"
-        return ValueError(f"did not understand {word!r} in prompt {prompt!r}: expected {expected}")
-
-    def take(options, expected: str) -> str:
-        nonlocal i
-        if i >= len(words) or words[i] not in options:
-            raise fail(expected)
-        i += 1
-        return words[i - 1]
-
-    def optional(options) -> str | None:
-        nonlocal i
-        if i < len(words) and words[i] in options:
-            i += 1
-            return words[i - 1]
-        return None
-
-    spec = SceneSpec()
-    while True:
-        optional(("a", "an"))
-        size = optional(SIZES)
-        color = take(COLORS, f"a colour ({', '.join(COLORS)})")
-        shape = take(SHAPES, f"a shape ({', '.join(SHAPES)})")
-        head = take(_MOTION_WORDS, "a motion (" + ", ".join(MOTIONS) + ")")
-        motion = _MOTION_WORDS[head]
-        if head == "moving":
-            motion = f"moving {take(_DIRECTIONS, 'a direction after moving (left, right, up, down)')}"
-        elif head == "standing":
-            take(("still",), "'still' after 'standing'")
-        spec.objects.append(ObjectSpec(color, shape, motion, size))
-        if optional(("and",)) is None:
-            break
-        if len(spec.objects) == 2:
-            raise fail("at most two objects")
-    if optional(("on",)):
-        optional(("a",))
-        spec.background = take(BACKGROUNDS, f"a background ({', '.join(BACKGROUNDS)})")
-        take(("background",), "'background'")
-    if i < len(words):
-        raise fail("the end of the prompt")
-    if len(spec.objects) == 2 and spec.objects[0].color == spec.objects[1].color:
-        raise ValueError(f"the two objects in {prompt!r} must have different colours")
-    return spec

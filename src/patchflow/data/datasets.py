@@ -3,7 +3,7 @@
 Each item is a dict: `video` float [3, T, H, W] in [-1, 1], `captions`
 ({"short", "plain", "detailed"}; real data may have only "plain"), and for the
 Shapes World the ground-truth `record`. Clips differ in size and length, so a
-DataLoader batches them as lists (`train.collate`); packing happens later.
+DataLoader batches them as lists (`build.collate`); packing happens later.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from patchflow.data.shapes import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, captions, render_scene, sample_scene
+from patchflow.data.captions import captions
+from patchflow.data.shapes import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, render_scene, sample_scene
 
 
 def to_model_video(video: np.ndarray) -> torch.Tensor:

@@ -2,11 +2,11 @@
 
 A scene is a background and one or two flat-coloured objects, each with a shape,
 a size and a motion. Everything a clip shows comes from one `SceneRecord`, so
-captions, renders and the evaluator agree exactly:
+captions (captions.py), renders and the evaluator agree exactly:
 
     record = sample_scene(rng)                  # seeded, from the training split
     video = render_scene(record, 64, 64, 17)    # np.uint8 [T, H, W, 3]
-    captions(record)                            # {"short", "plain", "detailed"}
+    parse_prompt("a red circle moving right")   # SceneSpec: what a prompt fixes
     render("a red circle moving right on a black background")   # from a prompt
 
 Positions and speeds are in canvas fractions (x across the width, y down the
@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import math
 import random
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -262,6 +263,91 @@ def render_scene(record: SceneRecord, height: int = 64, width: int = 64, frames:
     return video
 
 
+# ---------------------------------------------------------------- prompts
+@dataclass
+class ObjectSpec:
+    """What a prompt says about one object; `size=None` when the prompt leaves it open."""
+
+    color: str
+    shape: str
+    motion: str
+    size: str | None = None
+
+
+@dataclass
+class SceneSpec:
+    """What a prompt says about a scene; `background=None` when left open."""
+
+    objects: list[ObjectSpec] = field(default_factory=list)
+    background: str | None = None
+
+
+_MOTION_WORDS = {m.split()[0]: m for m in MOTIONS}  # "moving" -> needs a direction; others are one word
+_DIRECTIONS = ("left", "right", "up", "down")
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """The lower-case words of a prompt, as the parser and the caption vocabulary see them."""
+    return re.findall(r"[a-z]+", prompt.lower())
+
+
+def parse_prompt(prompt: str) -> SceneSpec:
+    """Parse the plain caption form into a `SceneSpec`.
+
+    Grammar: OBJECT ["and" OBJECT] ["on" ["a"] BACKGROUND "background"], where
+    OBJECT = ["a"|"an"] [SIZE] COLOUR SHAPE MOTION. Raises ValueError naming the
+    first word that does not fit.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    words, i = prompt_words(prompt), 0
+
+    def fail(expected: str) -> ValueError:
+        word = words[i] if i < len(words) else "<end of prompt>"
+        return ValueError(f"did not understand {word!r} in prompt {prompt!r}: expected {expected}")
+
+    def take(options, expected: str) -> str:
+        nonlocal i
+        if i >= len(words) or words[i] not in options:
+            raise fail(expected)
+        i += 1
+        return words[i - 1]
+
+    def optional(options) -> str | None:
+        nonlocal i
+        if i < len(words) and words[i] in options:
+            i += 1
+            return words[i - 1]
+        return None
+
+    spec = SceneSpec()
+    while True:
+        optional(("a", "an"))
+        size = optional(SIZES)
+        color = take(COLORS, f"a colour ({', '.join(COLORS)})")
+        shape = take(SHAPES, f"a shape ({', '.join(SHAPES)})")
+        head = take(_MOTION_WORDS, "a motion (" + ", ".join(MOTIONS) + ")")
+        motion = _MOTION_WORDS[head]
+        if head == "moving":
+            motion = f"moving {take(_DIRECTIONS, 'a direction after moving (left, right, up, down)')}"
+        elif head == "standing":
+            take(("still",), "'still' after 'standing'")
+        spec.objects.append(ObjectSpec(color, shape, motion, size))
+        if optional(("and",)) is None:
+            break
+        if len(spec.objects) == 2:
+            raise fail("at most two objects")
+    if optional(("on",)):
+        optional(("a",))
+        spec.background = take(BACKGROUNDS, f"a background ({', '.join(BACKGROUNDS)})")
+        take(("background",), "'background'")
+    if i < len(words):
+        raise fail("the end of the prompt")
+    if len(spec.objects) == 2 and spec.objects[0].color == spec.objects[1].color:
+        raise ValueError(f"the two objects in {prompt!r} must have different colours")
+    return spec
+
+
 def render(prompt: str, height: int = 64, width: int = 64, frames: int = 17, seed: int = 0) -> np.ndarray:
     """Render a plain-form prompt, e.g. "a red circle moving right on a black background".
 
@@ -283,11 +369,3 @@ def scene_from_prompt(prompt: str, seed: int = 0) -> SceneRecord:
         _place(rng, obj)
         objects.append(obj)
     return SceneRecord(spec.background or rng.choice(tuple(BACKGROUNDS)), objects)
-
-
-# The caption styles and the prompt parser live in captions.py (which imports the
-# constants above); re-exported here so `patchflow.data.shapes` is the one entry.
-from patchflow.data.captions import (  # noqa: E402, F401  (re-exports)
-    ObjectSpec, SceneSpec, caption_vocabulary, captions, detailed_caption, parse_prompt, plain_caption,
-    short_caption,
-)

@@ -183,18 +183,22 @@ def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):
     from patchflow.vae import VideoVAE
 
     sets = [*FAST, "train.steps=3", "data.frames=[5]", "data.sizes=[[32, 32]]"]
-    first = train("vae", load_config(TINY, sets), tmp_path / "vae", progress=False) / "vae"
+    first = train("vae", load_config(TINY, [*sets, "vae.whiten_latents=true"]), tmp_path / "vae",
+                  progress=False) / "vae"
     vae = VideoVAE.from_pretrained(first)
     # Measured on training clips: not the placeholder zeros and ones.
     assert vae.config.latent_mean != [0.0] * 4 and vae.config.latent_std != [1.0] * 4
     assert all(np.isfinite(vae.config.latent_std)) and min(vae.config.latent_std) > 0
+    whiten = torch.tensor(vae.config.latent_whiten)
+    assert whiten.shape == (4, 4) and torch.isfinite(whiten).all() and not torch.allclose(whiten, torch.eye(4))
 
     second = train("vae", load_config(TINY, [*sets, f'vae.path="{first}"', 'train.freeze=["encoder"]',
                                              "train.lr=0.01"]), tmp_path / "dec", progress=False) / "vae"
     before, after = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
-    assert VideoVAE.from_pretrained(second).config.latent_std == vae.config.latent_std  # the DiT's latents stay valid
+    kept = VideoVAE.from_pretrained(second).config  # the DiT's latents stay valid
+    assert kept.latent_std == vae.config.latent_std and kept.latent_whiten == vae.config.latent_whiten
     with pytest.raises(ValueError, match="no parameter name starts with 'encodr'"):
         train("vae", load_config(TINY, [*sets, 'train.freeze=["encodr"]']), tmp_path / "bad", progress=False)
 

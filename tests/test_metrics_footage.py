@@ -12,13 +12,25 @@ import pytest
 import torch
 
 from patchflow.data import footage
-from patchflow.data.footage import (HELDOUT_CLIPS, FootageDataset, clip_path, heldout_clips, photo_clip,
-                                    training_clips)
+from patchflow.data.footage import (
+    HELDOUT_CLIPS,
+    FootageDataset,
+    clip_path,
+    heldout_clips,
+    photo_clip,
+    training_clips,
+)
 from patchflow.data.io import write_video
-from patchflow.metrics import (bicubic_baseline, bicubic_baseline_size, eval_vae_report, evaluate_vae,
-                               format_results, psnr, ssim)
+from patchflow.metrics import (
+    bicubic_baseline,
+    bicubic_baseline_size,
+    eval_vae_report,
+    evaluate_vae,
+    format_results,
+    psnr,
+    ssim,
+)
 from patchflow.vae import VAE_PRESETS, VideoVAE
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -71,7 +71,7 @@ def test_eval_vae_compare_and_baseline(tmp_path, capsys):
     assert any(line.startswith("wrote") and "input | VAE | bicubic, 4 clip(s)" in line for line in lines)
     sheet, _ = read_video(tmp_path / "out" / "shapes.gif")
     assert sheet.shape == (5, 4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)
-    from patchflow.cli import shapes_heldout_clips
+    from patchflow.vae_eval import shapes_heldout_clips
 
     first = shapes_heldout_clips(1, 5, 32, 32)[0]
     assert psnr(sheet[:, 2:34, 2:34], first) > 30  # the left panel of row 1 is the first input clip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 from pathlib import Path
 
@@ -24,13 +23,13 @@ from patchflow.data.io import write_video
 from patchflow.metrics import (
     bicubic_baseline,
     bicubic_baseline_size,
-    eval_vae_report,
     evaluate_vae,
     format_results,
     psnr,
     ssim,
 )
 from patchflow.vae import VAE_PRESETS, VideoVAE
+from patchflow.vae_eval import eval_vae_report, shapes_heldout_clips
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,13 +91,23 @@ def test_evaluate_vae_on_arrays_and_a_heldout_clip():
 
 
 def test_eval_vae_report(tmp_path):
-    VideoVAE(VAE_PRESETS["tiny"]()).save_pretrained(tmp_path / "vae")
+    VideoVAE(VAE_PRESETS["tiny"]()).save_pretrained(tmp_path / "run" / "final" / "vae")
     video = tmp_path / "clip.mp4"
     write_video(random_uint8_video(t=5, h=32, w=32), video, fps=8)
-    rows = json.loads(eval_vae_report([str(video)], tmp_path / "vae", frames=5, height=32, width=32, as_json=True))
-    assert rows[0]["name"] == "clip.mp4" and set(rows[0]) >= {"psnr", "ssim", "compression", "encode_s", "decode_s"}
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    report = eval_vae_report([str(video), random_uint8_video(t=5, h=32, w=32, seed=1)], tmp_path / "run",
+                             frames=5, height=32, width=32)
+    rows = report["clips"]
+    assert [r["name"] for r in rows] == ["clip.mp4", "video"]
+    assert report["model"] == str(tmp_path / "run" / "final" / "vae")  # a training run's final/vae/
+    assert set(rows[0]) >= {"psnr", "ssim", "compression", "encode_s", "decode_s"} and "baseline" not in report
+    assert report["psnr"] == pytest.approx((rows[0]["psnr"] + rows[1]["psnr"]) / 2)
+    assert report["psnr_min"] == min(r["psnr"] for r in rows)
+    with pytest.raises(FileNotFoundError, match="no VAE in"):
         eval_vae_report([str(video)], tmp_path / "missing", frames=5)
+    with pytest.raises(ValueError, match="not both"):
+        eval_vae_report([str(video)], tmp_path / "run", shapes=2, frames=5)
+    with pytest.raises(ValueError, match="--shapes must be >= 1, got 0"):
+        shapes_heldout_clips(0, 5, 32, 32)
 
 
 # ---------------------------------------------------------------- the bicubic baseline

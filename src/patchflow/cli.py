@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import sys
 from pathlib import Path
 
@@ -161,84 +159,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def shapes_heldout_clips(count: int, frames: int, height: int, width: int) -> list:
-    """`count` fixed Shapes World clips of the held-out split (seed 2024): the Shapes VAE's test set."""
-    from patchflow.data.shapes import render_scene, sample_scene
-
-    if count < 1:
-        raise SystemExit(f"patchflow eval vae: --shapes must be >= 1, got {count}")
-    rng = random.Random(2024)
-    return [render_scene(sample_scene(rng, "heldout"), height, width, frames) for _ in range(count)]
-
-
-COMPARE_SUFFIXES = (".mp4", ".webm", ".gif")
-COMPARE_CLIPS = 4  # rows in the --compare video: the first clips evaluated
-
-
-def _check_compare_path(path: Path) -> Path:
-    """The --compare file, checked before any work: a video suffix, not a folder, under a folder."""
-    if path.suffix.lower() not in COMPARE_SUFFIXES:
-        raise ValueError(f"--compare {path}: the file must end in one of {COMPARE_SUFFIXES}")
-    if path.is_dir():
-        raise ValueError(f"--compare {path}: is a folder; give a video file path")
-    parent = next(p for p in path.absolute().parents if p.exists())  # the folders below it are made
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"--compare {path}: cannot write under {parent} (not a writable folder)")
-    return path
-
-
+# ---------------------------------------------------------------- eval vae, eval model
 def cmd_eval_vae(args: argparse.Namespace) -> int:
-    import numpy as np
+    from patchflow.vae_eval import eval_vae_report, format_report
 
-    from patchflow.data.footage import clip_path
-    from patchflow.metrics import evaluate_vae, format_results
-    from patchflow.paths import default_vae_dir
-    from patchflow.vae import VideoVAE
-
-    compare = _check_compare_path(args.compare) if args.compare else None
-    model = Path(args.model) if args.model else default_vae_dir()
-    # A VAE folder, a pipeline folder (its vae/) or a training run (final/vae/).
-    folder = next((f for f in (model, model / "vae", model / "final" / "vae") if (f / "model.safetensors").is_file()), None)
-    if folder is None:
-        raise FileNotFoundError(f"no VAE in {model} (looked for model.safetensors in it, vae/ and final/vae/); "
-                                "pass --model DIR of a trained VAE")
-    videos = [clip_path(v) for v in args.videos]
-    if args.shapes:
-        if videos:
-            raise SystemExit("patchflow eval vae: give VIDEO files or --shapes N, not both")
-        videos = shapes_heldout_clips(args.shapes, args.frames, args.height, args.width)
-    elif not videos:
-        from patchflow.data.footage import heldout_clips
-
-        videos = heldout_clips()
-    vae = VideoVAE.from_pretrained(folder, device=args.device)
-    panels = ["input", "VAE"] + ([args.baseline] if args.baseline else [])
-    cells = []  # the panels of the first COMPARE_CLIPS clips, for --compare
-
-    def keep(name, video, recon, base):
-        if compare is not None and len(cells) < COMPARE_CLIPS * len(panels):
-            cells.extend(v for v in (video, recon, base) if v is not None)
-
-    results = evaluate_vae(vae, videos, frames=args.frames, height=args.height, width=args.width, device=args.device,
-                           baseline=args.baseline, on_clip=keep)
-    print(format_results(results))
-    if compare is not None:
-        from patchflow.data.grid import video_grid
-        from patchflow.data.io import write_video
-
-        write_video(video_grid(cells, cols=len(panels), scale=1, gap=2), compare, fps=8)
-        print(f"wrote {compare}: {' | '.join(panels)}, {len(cells) // len(panels)} clip(s), one per row")
+    if args.shapes and args.videos:  # argument errors before any work
+        raise SystemExit("patchflow eval vae: give VIDEO files or --shapes N, not both")
+    if args.shapes < 0:
+        raise SystemExit(f"patchflow eval vae: --shapes must be >= 1, got {args.shapes}")
+    report = eval_vae_report(args.videos, args.model, shapes=args.shapes, frames=args.frames, height=args.height,
+                             width=args.width, device=args.device, baseline=args.baseline, compare=args.compare)
+    print(format_report(report))
     if args.json:
-        summary = {"psnr": float(np.mean([r["psnr"] for r in results])),
-                   "psnr_min": float(np.min([r["psnr"] for r in results])),
-                   "ssim": float(np.mean([r["ssim"] for r in results])), "model": str(folder)}
-        if args.baseline:
-            summary.update(baseline=args.baseline,
-                           baseline_psnr=float(np.mean([r["baseline_psnr"] for r in results])),
-                           baseline_ssim=float(np.mean([r["baseline_ssim"] for r in results])))
-        if compare is not None:
-            summary["compare"] = str(compare)
-        print(json.dumps({**summary, "clips": results}))
+        print(json.dumps(report))
     return 0
 
 
@@ -377,6 +310,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object last")
     e.set_defaults(func=cmd_eval_shapes)
+    from patchflow.vae_eval import COMPARE_CLIPS
+
     e = esub.add_parser("vae", help="reconstruct clips with a VAE: PSNR, SSIM, compression, encode/decode time",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="examples:\n  patchflow eval vae --model runs/vae            # the held-out real clips\n"

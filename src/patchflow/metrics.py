@@ -17,7 +17,6 @@ compared in [0, 1].
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -243,24 +242,3 @@ def format_results(results: list[dict]) -> str:
                     f"(of {results[0]['height']}x{results[0]['width']}), bicubic up, linear in time")
     return "\n".join(rows)
 
-
-def eval_vae_report(videos: Sequence[str] = (), model: str | os.PathLike | None = None, frames: int = 17,
-                    height: int = 128, width: int = 128, as_json: bool = False,
-                    device: str | torch.device = "cpu", baseline: str | None = None) -> str:
-    """`patchflow eval vae VIDEO... [--model DIR] [--frames N] [--height H] [--width W] [--baseline B] [--json]`.
-
-    Loads the VAE folder `model` (default: the shipped general VAE,
-    `paths.default_vae_dir()`), evaluates `videos` (default: the held-out
-    footage clips) and returns a table, or JSON with `as_json`.
-    """
-    from patchflow.paths import default_vae_dir
-    from patchflow.vae import VideoVAE
-
-    if not videos:
-        from patchflow.data.footage import heldout_clips
-
-        videos = heldout_clips()
-    vae = VideoVAE.from_pretrained(model if model is not None else default_vae_dir(), device=device)
-    results = evaluate_vae(vae, videos, frames=frames, height=height, width=width, device=device,
-                           baseline=baseline)
-    return json.dumps(results, indent=2) if as_json else format_results(results)

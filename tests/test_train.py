@@ -179,6 +179,26 @@ def test_cache_then_train(tmp_path):
               tmp_path / "run2", progress=False)
 
 
+def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
+    from patchflow.cache import build_cache
+    from patchflow.data.build import CachedLatents
+    from patchflow.vae import VAE_PRESETS, VideoVAE
+
+    vae = VideoVAE(VAE_PRESETS["tiny"]())
+    vae.save_pretrained(tmp_path / "vae")
+    sets = [*FAST, f"vae.path=\"{tmp_path / 'vae'}\""]
+    build_cache(load_config(TINY, sets), tmp_path / "cache", items=2, progress=False)
+    config = load_config(TINY, [*sets, f"data.cache=\"{tmp_path / 'cache'}\""])
+    vae.set_latent_stats([0.5] * 4, [2.0] * 4)  # raw posteriors are cached; statistics apply at load time
+    vae.save_pretrained(tmp_path / "vae")
+    assert len(CachedLatents(tmp_path / "cache", config)) == 2
+    with torch.no_grad():
+        next(vae.parameters()).add_(0.1)  # the same folder, retrained: its old latents are stale
+    vae.save_pretrained(tmp_path / "vae")
+    with pytest.raises(ValueError, match="other data, VAE"):
+        CachedLatents(tmp_path / "cache", config)
+
+
 def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):
     from patchflow.vae import VideoVAE
 

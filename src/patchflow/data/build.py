@@ -12,6 +12,7 @@ the same item for the same index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -124,11 +125,28 @@ def collate(items: list) -> dict:
 
 
 # ---------------------------------------------------------------- cached latents
+def _weights_digest(folder: str) -> str:
+    """sha1 of a VAE folder's weights: a VAE retrained at the same path must not reuse an old cache."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        return ""  # a missing VAE is reported where it is loaded
+    digest = hashlib.sha1()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_key(config: Config) -> dict:
-    """What a cache depends on: the data section (minus cache/workers), the VAE and the text encoder."""
+    """What a cache depends on: the data section (minus cache/workers), the VAE (its settings and,
+    for a trained one, its weights) and the text encoder. The cache holds raw posteriors, so the
+    VAE's latent statistics (applied at load time by `normalize`) are not part of it."""
     data = {k: v for k, v in config.to_dict()["data"].items() if k not in ("cache", "workers", "caption_dropout",
                                                                             "caption_styles", "length")}
-    return {"data": data, "vae": config.vae.table(), "text": config.text.table(), "seed": config.train.seed}
+    vae = config.vae.table()
+    if config.vae.path:
+        vae = {**vae, "weights": _weights_digest(config.vae.path)}
+    return {"data": data, "vae": vae, "text": config.text.table(), "seed": config.train.seed}
 
 
 class CachedLatents(Dataset):

@@ -248,6 +248,24 @@ def test_whitened_latents_are_decorrelated_and_invertible(tmp_path):
     torch.testing.assert_close(loaded.normalize(z), (z - loaded.latent_mean) / loaded.latent_std)
 
 
+def test_latent_noise_perturbs_the_decoded_latent_only():
+    vae = random_vae()
+    vae.set_latent_stats([0.0] * 4, [2.0] * 4)
+    x = smooth_video(5, 16, 16)
+    with torch.no_grad():
+        clean, dist = vae(x, sample=False)
+        noisy, dist2 = vae(x, sample=False, generator=torch.Generator().manual_seed(0), latent_noise=0.5)
+        again, _ = vae(x, sample=False, generator=torch.Generator().manual_seed(0), latent_noise=0.5)
+        # The same draw as adding the noise by hand in the normalised (DiT) units:
+        noise = torch.randn(dist.mode().shape, generator=torch.Generator().manual_seed(0))
+        by_hand = vae.decode(vae.denormalize(vae.normalize(dist.mode()) + 0.5 * noise))
+    assert torch.equal(dist.mean, dist2.mean)  # the posterior (and so the KL) is untouched
+    assert not torch.allclose(clean, noisy) and torch.equal(noisy, again)
+    torch.testing.assert_close(noisy, by_hand)
+    with pytest.raises(ValueError, match="latent_noise must be >= 0"):
+        VAELossConfig(latent_noise=-0.1)
+
+
 def test_latent_whiten_checked():
     with pytest.raises(ValueError, match="4 x 4 matrix"):
         dataclasses.replace(VAE_PRESETS["tiny"](), latent_whiten=[[1.0, 0.0]])

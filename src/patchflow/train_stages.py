@@ -220,7 +220,7 @@ class VAEStage(Stage):
             # Through the (DDP) wrapper so gradients sync; the posterior sample draws from a
             # device generator seeded by the step's generator.
             sample_gen = torch.Generator(self.device).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-            recon, dist = model(x, sample=True, generator=sample_gen)
+            recon, dist = model(x, sample=True, generator=sample_gen, latent_noise=self.config.vae_loss.latent_noise)
             loss, parts = self.loss_fn(x, recon, dist, step, last_layer)
             share = len(idx) / len(videos)
             total = total + share * loss

@@ -286,11 +286,17 @@ class VideoVAE(nn.Module):
         return self._tiled(z, self.decoder, tile, t["overlap"] // fs, t["tile_frames"] // self.config.ft,
                            scale=float(fs), out_channels=3)
 
-    def forward(self, video: torch.Tensor, sample: bool = True,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, LatentDist]:
-        """Reconstruct: returns `(recon [B, 3, T, H, W], posterior)`; `sample=False` decodes the mean."""
+    def forward(self, video: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
+                latent_noise: float = 0.0) -> tuple[torch.Tensor, LatentDist]:
+        """Encode, sample (or take the mode), decode. `latent_noise` > 0 adds Gaussian noise of that std
+        to the latent in the DiT's (normalised) units before decoding, so a decoder trained this way
+        tolerates a diffusion model's errors (as LTX-Video trains its decoder)."""
         dist = self.encode(video)
-        return self.decode(dist.sample(generator) if sample else dist.mode()), dist
+        z = dist.sample(generator) if sample else dist.mode()
+        if latent_noise > 0:
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = self.denormalize(self.normalize(z) + latent_noise * noise)
+        return self.decode(z), dist
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> roughly unit-variance per channel, decorrelated by `latent_whiten` if set (what the DiT sees)."""

@@ -38,11 +38,17 @@ class VAELossConfig:
     mse_weight: float = 0.0  # pixel MSE in [-1, 1] units (what PSNR measures; flat-colour worlds learn faster with it)
     ssim_weight: float = 0.2  # weight of (1 - SSIM); a structural term that sharpens edges L1 blurs
     kl_weight: float = 1e-6  # per pixel value (as in SD/Wan); small: the latent scale is fixed later by normalize()
+    latent_noise: float = 0.0  # std of noise added to the normalised latent before decoding (VideoVAE.forward)
     adv_weight: float = 0.1  # generator hinge loss weight (times the adaptive factor below)
     adv_start_step: int = -1  # step at which the discriminator starts; < 0 = no discriminator
     adaptive_adv: bool = True  # VQGAN: scale adv gradients to match reconstruction gradients at the last layer
     disc_channels: int = 32  # discriminator base width
     disc_layers: int = 3  # strided layers: each halves H and W (patches of ~2^layers * 4 pixels)
+
+    def __post_init__(self) -> None:
+        for name in ("l1_weight", "mse_weight", "ssim_weight", "kl_weight", "adv_weight", "latent_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"vae_loss.{name} must be >= 0, got {getattr(self, name)}")
 
 
 class PatchDiscriminator3d(nn.Module):

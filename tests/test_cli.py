@@ -68,6 +68,7 @@ def test_eval_vae_compare_and_baseline(tmp_path, capsys):
     assert summary["baseline"] == "bicubic" and summary["compare"].endswith("shapes.gif")
     assert 0 < summary["baseline_psnr"] and 0 <= summary["baseline_ssim"] <= 1
     assert [c["baseline_shape"] for c in summary["clips"]] == [[3, 2, 9, 9]] * 5
+    assert [c["name"] for c in summary["clips"]] == [f"shapes {i}" for i in range(5)]  # rows say which clip
     assert any(line.startswith("wrote") and "input | VAE | bicubic, 4 clip(s)" in line for line in lines)
     sheet, _ = read_video(tmp_path / "out" / "shapes.gif")
     assert sheet.shape == (5, 4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)

@@ -147,14 +147,16 @@ def bicubic_baseline(video: np.ndarray, ft: int, fs: int, channels: int) -> np.n
 
 # ---------------------------------------------------------------- evaluating a VAE
 def _load_clip(item, frames: int, height: int, width: int) -> tuple[str, np.ndarray]:
-    """A path or a uint8 video -> (name, uint8 [frames, height, width, 3]), centre-cropped and resized."""
+    """A path, a uint8 video or a (name, uint8 video) pair -> (name, uint8 [frames, height, width, 3]),
+    centre-cropped and resized."""
     from patchflow.data.io import read_video, resize_video
 
     if isinstance(item, (str, os.PathLike)):
         name = os.path.basename(os.fspath(item))
         video, _ = read_video(item, num_frames=frames)
     else:
-        name, video = "video", np.asarray(item)
+        name, video = item if isinstance(item, tuple) else ("video", item)
+        video = np.asarray(video)
         if video.ndim == 3:
             video = video[None]
     if video.shape[0] < frames:

@@ -88,7 +88,7 @@ def eval_vae_report(videos: Sequence = (), model: str | os.PathLike | None = Non
     if shapes:
         if videos:
             raise ValueError("give VIDEO files or --shapes N, not both")
-        videos = shapes_heldout_clips(shapes, frames, height, width)
+        videos = [(f"shapes {i}", v) for i, v in enumerate(shapes_heldout_clips(shapes, frames, height, width))]
     elif not videos:
         videos = heldout_clips()
     vae = VideoVAE.from_pretrained(folder, device=device)

@@ -12,8 +12,7 @@ from torch import nn
 
 from patchflow.metrics import psnr
 from patchflow.vae import (VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, check_frames, measure_latent_stats,
-                           measure_latent_whitening,
-                           nearest_valid_frames)
+                           measure_latent_whitening, nearest_valid_frames)
 from patchflow.vae_loss import VAELoss, VAELossConfig
 
 
@@ -273,6 +272,13 @@ def test_latent_whiten_checked():
         dataclasses.replace(VAE_PRESETS["tiny"](), latent_whiten=[[0.0] * 4] * 4)
     with pytest.raises(ValueError, match="eps"):
         measure_latent_whitening(random_vae(), [smooth_video(5, 16, 16)], eps=0)
+    vae = random_vae()  # bad statistics change nothing, however far they got
+    for mean, std, whiten in (([0.5] * 4, [2.0] * 4, [[0.0] * 4] * 4), ([0.5] * 4, [2.0] * 4, [[1.0, 0.0]]),
+                              ([0.5] * 3, [2.0] * 4, None), ([0.5] * 4, [-1.0] * 4, None), ([], [], None)):
+        with pytest.raises(ValueError):
+            vae.set_latent_stats(mean, std, whiten)
+        assert vae.config.latent_mean == [0.0] * 4 and vae.config.latent_whiten == []
+        assert torch.equal(vae.latent_mean, torch.zeros(1, 4, 1, 1, 1))
 
 
 def test_latent_dist():

@@ -13,7 +13,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -312,17 +312,17 @@ class VideoVAE(nn.Module):
 
     def set_latent_stats(self, mean: list[float], std: list[float], whiten: list | None = None) -> None:
         """Store latent statistics (from `measure_latent_stats` or `measure_latent_whitening`)
-        in config and buffers; `whiten=None` keeps the per-channel normalisation only."""
-        c = self.config.latent_channels
-        if len(mean) != c or len(std) != c or min(std) <= 0:
-            raise ValueError(f"need {c} means and {c} positive stds, got {len(mean)} and {len(std)}")
-        self.config.latent_mean, self.config.latent_std = [float(v) for v in mean], [float(v) for v in std]
-        self.latent_mean.copy_(torch.tensor(mean).view(1, -1, 1, 1, 1))
-        self.latent_std.copy_(torch.tensor(std).view(1, -1, 1, 1, 1))
-        w = torch.eye(c) if whiten is None else torch.as_tensor(whiten, dtype=torch.float32)
-        if w.shape != (c, c):
-            raise ValueError(f"latent_whiten must be a {c} x {c} matrix, got shape {tuple(w.shape)}")
-        self.config.latent_whiten = [] if whiten is None else w.tolist()
+        in config and buffers; `whiten=None` keeps the per-channel normalisation only. Checked by
+        VAEConfig (counts, positive stds, an invertible C x C whitening) before anything changes."""
+        if not len(mean) or not len(std):
+            raise ValueError(f"need {self.config.latent_channels} means and stds, got {len(mean)} and {len(std)}")
+        whiten = [] if whiten is None else torch.as_tensor(whiten, dtype=torch.float32).tolist()
+        self.config = replace(self.config, latent_mean=list(mean), latent_std=list(std),
+                                          latent_whiten=whiten)
+        c = self.config
+        w = torch.tensor(c.latent_whiten) if c.latent_whiten else torch.eye(c.latent_channels)
+        self.latent_mean.copy_(torch.tensor(c.latent_mean).view(1, -1, 1, 1, 1))
+        self.latent_std.copy_(torch.tensor(c.latent_std).view(1, -1, 1, 1, 1))
         self.latent_whiten.copy_(w)
         self.latent_unwhiten.copy_(torch.linalg.inv(w.double()).float())
 

@@ -4,6 +4,13 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def no_fetched_footage(tmp_path_factory, monkeypatch):
+    """Tests never see footage fetched into the user's cache (`patchflow data fetch`): what they
+    train or list must not depend on this machine's state."""
+    monkeypatch.setenv("PATCHFLOW_DATA", str(tmp_path_factory.mktemp("patchflow-data")))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from threads, and on a loaded 2-core machine two OpenMP threads

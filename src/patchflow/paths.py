@@ -18,3 +18,9 @@ def default_vae_dir() -> Path:
     """The shipped general video VAE: `$PATCHFLOW_VAE` if set, else `patchflow/pretrained/vae-general`."""
     env = os.environ.get("PATCHFLOW_VAE")
     return Path(env) if env else PACKAGE_DIR / "pretrained" / "vae-general"
+
+
+def data_home() -> Path:
+    """Where fetched training footage lives: `$PATCHFLOW_DATA` if set, else `~/.cache/patchflow`."""
+    env = os.environ.get("PATCHFLOW_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "patchflow"

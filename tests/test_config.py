@@ -46,7 +46,7 @@ def test_model_sections_keep_their_tables():
     (["data.resize=\"fit\""], ValueError, "data.resize must be one of 'crop', 'pad', 'stretch'; got 'fit'"),
     (["data.split=\"test\""], ValueError, "data.split must be one of 'train', 'heldout', 'all'; got 'test'"),
     (["dit.preset=\"huge\""], ValueError, "dit.preset must be one of .*'tiny'.*; got 'huge'"),
-    (["vae.preset=\"big\""], ValueError, "vae.preset must be one of 'tiny', '4x4x4x8', '4x8x8x16'; got 'big'"),
+    (["vae.preset=\"big\""], ValueError, "vae.preset must be one of 'tiny', '4x4x4x8', '4x8x8x16', 'general'; got 'big'"),
     (["vae.ft=3"], ValueError, "ft must be 1, 2 or 4, got 3"),  # VAEConfig's own check, when the config is read
     (["dit.dept=3"], ValueError, "unknown key\\(s\\) \\['dept'\\] in \\[dit\\]; valid keys: .*'depth'"),
     (["vae.paht=\"x\""], ValueError, "unknown key\\(s\\) \\['paht'\\] in \\[vae\\]; valid keys: .*'path'"),

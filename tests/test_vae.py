@@ -19,15 +19,16 @@ from patchflow.vae_loss import VAELoss, VAELossConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def random_vae(norm: str = "rms", seed: int = 0) -> VideoVAE:
+def random_vae(norm: str = "rms", seed: int = 0, conv: str = "3d") -> VideoVAE:
     """Tiny VAE whose zero-initialised layers get small random weights, so every path carries signal."""
     torch.manual_seed(seed)
-    config = VAE_PRESETS["tiny"]()
-    config.norm = norm
+    config = dataclasses.replace(VAE_PRESETS["tiny"](), norm=norm, conv=conv)
     vae = VideoVAE(config).eval()
     with torch.no_grad():
-        for p in vae.parameters():
-            if p.ndim > 1 and p.abs().max() == 0:
+        for name, p in vae.named_parameters():
+            # Zero layers, and the identity-initialised temporal halves of factorized convs, so
+            # every conv mixes frames and causality and streaming are really exercised.
+            if p.ndim > 1 and (p.abs().max() == 0 or re.search(r"conv[12]\.temporal\.", name)):
                 p.normal_(0.0, 0.02)
     return vae
 
@@ -75,9 +76,9 @@ def test_presets_build_and_round_trip_shapes(name):
 
 
 # ---------------------------------------------------------------- causality and tiling
-@pytest.mark.parametrize("norm", ["rms", "group"])
-def test_encoder_is_causal(norm):
-    vae = random_vae(norm)
+@pytest.mark.parametrize("norm,conv", [("rms", "3d"), ("group", "3d"), ("group", "factorized")])
+def test_encoder_is_causal(norm, conv):
+    vae = random_vae(norm, conv=conv)
     x = smooth_video(17, 16, 16)
     y = x.clone()
     y[:, :, 9:] = smooth_video(8, 16, 16, seed=1)  # change frames 9..16 -> latents 3, 4 may change
@@ -89,9 +90,9 @@ def test_encoder_is_causal(norm):
     torch.testing.assert_close(image, a[:, :, :1], atol=1e-6, rtol=0)  # an image = the first latent frame
 
 
-@pytest.mark.parametrize("norm", ["rms", "group"])
-def test_decoder_is_causal(norm):
-    vae = random_vae(norm)
+@pytest.mark.parametrize("norm,conv", [("rms", "3d"), ("group", "3d"), ("group", "factorized")])
+def test_decoder_is_causal(norm, conv):
+    vae = random_vae(norm, conv=conv)
     z = torch.randn(1, 4, 5, 4, 4)
     z2 = z.clone()
     z2[:, :, 3:] += 1.0  # latents 0..2 decode to frames 0..8
@@ -101,9 +102,9 @@ def test_decoder_is_causal(norm):
     assert (a[:, :, 9:] - b[:, :, 9:]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("norm", ["rms", "group"])
-def test_temporal_chunks_are_exact(norm):
-    vae = random_vae(norm)
+@pytest.mark.parametrize("norm,conv", [("rms", "3d"), ("group", "3d"), ("group", "factorized")])
+def test_temporal_chunks_are_exact(norm, conv):
+    vae = random_vae(norm, conv=conv)
     x = smooth_video(21, 16, 24)
     with torch.no_grad():
         z, recon = vae.encode(x).mean, vae.decode(vae.encode(x).mean)
@@ -193,6 +194,7 @@ def test_small_overshoot_tolerated_and_bad_latents():
 @pytest.mark.parametrize("kwargs,message", [
     ({"ft": 3}, "ft must be"), ({"fs": 6}, "fs must be"), ({"latent_channels": 64}, "latent_channels"),
     ({"channel_mults": (1, 2, 4)}, "channel_mults"), ({"latent_mean": [0.0]}, "latent_mean"),
+    ({"conv": "2d"}, "conv must be one of"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -200,8 +202,9 @@ def test_bad_config(kwargs, message):
 
 
 # ---------------------------------------------------------------- save/load, latent statistics
-def test_save_load_round_trip(tmp_path):
-    vae = random_vae()
+@pytest.mark.parametrize("conv", ["3d", "factorized"])
+def test_save_load_round_trip(tmp_path, conv):
+    vae = random_vae(conv=conv)
     vae.set_latent_stats([0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 2.0, 1.0])
     vae.save_pretrained(tmp_path / "vae")
     loaded = VideoVAE.from_pretrained(tmp_path / "vae")
@@ -337,3 +340,34 @@ def test_tiny_vae_overfits_one_clip():
         psnr_end = psnr(x, vae(x, sample=False)[0].clamp(-1, 1))
     assert sum(losses[-5:]) / 5 < 0.35 * sum(losses[:5]) / 5  # measured: 0.77 -> 0.16
     assert psnr_end > psnr_start + 8  # measured: 9.3 -> 22.6 dB (SSIM 0.88)
+
+
+# ---------------------------------------------------------------- the factorized convolution
+def test_factorized_conv_starts_as_a_per_frame_conv_and_is_cheaper():
+    from patchflow.vae_blocks import CausalConv3d, FactorizedConv3d, initialize_weights
+
+    torch.manual_seed(0)
+    conv = FactorizedConv3d(8, 8)
+    initialize_weights(conv)  # the temporal half: identity on the current frame
+    x = torch.randn(1, 8, 5, 6, 6)
+    frame_by_frame = torch.cat([conv.spatial(x[:, :, i:i + 1]) for i in range(5)], dim=2)
+    torch.testing.assert_close(conv(x), frame_by_frame, atol=1e-6, rtol=0)
+    full = CausalConv3d(8, 8, 3)
+    weights = sum(p.numel() for p in conv.parameters() if p.ndim > 1)
+    assert weights == 8 * 8 * (9 + 3) < sum(p.numel() for p in full.parameters() if p.ndim > 1) == 8 * 8 * 27
+    # Trained (random) temporal weights mix frames, causally: frame 2 never sees frame 3.
+    with torch.no_grad():
+        conv.temporal.conv.weight.normal_(0, 0.1)
+    y = x.clone()
+    y[:, :, 3:] += 1.0
+    a, b = conv(x), conv(y)
+    assert torch.equal(a[:, :, :3], b[:, :, :3]) and (a[:, :, 3:] - b[:, :, 3:]).abs().max() > 1e-3
+
+
+def test_factorized_residual_block_starts_as_the_identity():
+    from patchflow.vae_blocks import ResBlock3d, initialize_weights
+
+    block = ResBlock3d(8, 8, "group", "factorized")
+    initialize_weights(block)  # conv1's temporal half: identity; conv2's: zero (checked in that order)
+    x = torch.randn(1, 8, 5, 6, 6)
+    torch.testing.assert_close(block(x), x, atol=1e-6, rtol=0)

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from patchflow.vae_blocks import Decoder, Encoder, initialize_weights, set_streaming
+from patchflow.vae_blocks import (
+    CONVS,
+    Decoder,
+    Encoder,
+    initialize_weights,
+    set_streaming,
+)
 from patchflow.weights import load_component, save_component
 
 
@@ -33,6 +39,7 @@ class VAEConfig:
     patch_size: int = 4  # pixel blocks folded into channels first; 4 makes a 2-core CPU fast enough to train
     norm: str = "rms"  # "rms" (per-position, seam-free tiling) or "group" (GroupNorm per frame)
     shortcut: bool = False  # DC-AE parameter-free space-to-channel path around encoder and decoder
+    conv: str = "3d"  # "3d" (3x3x3 causal convs) or "factorized" ((1,3,3) then causal (3,1,1): 12 taps, not 27)
     logvar_init: float = -4.0  # initial posterior log-variance (bias); -10 keeps fine detail out of the sampling noise
     latent_mean: list[float] = field(default_factory=list)  # per channel, empty = zeros; see measure_latent_stats
     latent_std: list[float] = field(default_factory=list)  # per channel, empty = ones
@@ -53,6 +60,8 @@ class VAEConfig:
         if len(self.channel_mults) != downs + 1:
             raise ValueError(f"fs={self.fs} with patch_size={self.patch_size} needs {downs} downsamplings, "
                              f"so {downs + 1} channel_mults; got {len(self.channel_mults)}")
+        if self.conv not in CONVS:
+            raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
         if self.base_channels < 1 or self.num_res_blocks < 1:
             raise ValueError("base_channels and num_res_blocks must be >= 1")
         self.latent_mean = [float(v) for v in self.latent_mean] or [0.0] * c
@@ -75,10 +84,15 @@ VAE_PRESETS: dict[str, Callable[[], VAEConfig]] = {
     # Small models on the built-in world: 8 channels per 4x4x4 block (24x compression).
     "4x4x4x8": lambda: VAEConfig(ft=4, fs=4, latent_channels=8, base_channels=48, channel_mults=(1, 2),
                                  num_res_blocks=1, patch_size=2),
-    # The general VAE (Wan/HunyuanVideo ratio, 48x compression): 9.7M parameters, patch 4 then one
-    # spatial halving; of the variants timed, the best PSNR per CPU-minute (benchmarks/RESULTS.md).
+    # Wan/HunyuanVideo ratio, 48x compression: 9.7M parameters, patch 4 then one spatial halving.
     "4x8x8x16": lambda: VAEConfig(ft=4, fs=8, latent_channels=16, base_channels=64, channel_mults=(1, 2),
                                   num_res_blocks=2, patch_size=4),
+    # The shipped general VAE's design (configs/vae-general.toml): 4x8x8x16 with the DC-AE shortcut,
+    # GroupNorm and factorized convs, 4.8M parameters; at equal CPU minutes 27.2 dB on the held-out
+    # clips where 4x8x8x16 reached 21.1 dB (benchmarks/RESULTS.md, "The general VAE").
+    "general": lambda: VAEConfig(ft=4, fs=8, latent_channels=16, base_channels=64, channel_mults=(1, 2),
+                                 num_res_blocks=2, patch_size=4, norm="group", shortcut=True, logvar_init=-10.0,
+                                 conv="factorized"),
 }
 
 
@@ -203,7 +217,7 @@ class VideoVAE(nn.Module):
         super().__init__()
         self.config = c = config
         args = (c.latent_channels, c.base_channels, tuple(c.channel_mults), c.num_res_blocks,
-                int(math.log2(c.ft)), c.patch_size, c.norm, c.shortcut)
+                int(math.log2(c.ft)), c.patch_size, c.norm, c.shortcut, c.conv)
         self.encoder, self.decoder = Encoder(*args, logvar_init=c.logvar_init), Decoder(*args)
         initialize_weights(self)
         self.register_buffer("latent_mean", torch.tensor(c.latent_mean).view(1, -1, 1, 1, 1), persistent=False)

@@ -58,6 +58,20 @@ def main() -> None:
         del state
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
+    points = sorted(curve.values(), key=lambda p: p["step"])
+
+    def draw(ax):
+        for row in args.rows:
+            ax.plot([p["minutes"] for p in points], [100 * p[row]["all"] for p in points], "o-",
+                    label=f"{row}: fully correct")
+        ax.set_ylim(0, 100)
+
+    save_curve_plot(points, draw, "DiT", "% of videos", args.plot)
+
+
+def save_curve_plot(points: list[dict], draw, what: str, ylabel: str, path: Path) -> None:
+    """A learning-curve plot: `draw(ax)` adds the series; x = the points' "minutes", a top axis of
+    their "step"s. Needs matplotlib (says so and returns without it)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -65,23 +79,19 @@ def main() -> None:
     except ImportError:
         print("matplotlib missing: no plot (pip install 'patchflow[plot]')")
         return
-    points = sorted(curve.values(), key=lambda p: p["step"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for row in args.rows:
-        ax.plot([p["minutes"] for p in points], [100 * p[row]["all"] for p in points], "o-", label=f"{row}: fully correct")
-    ax.set_xlabel("wall-clock minutes of DiT training (2-core CPU)")
-    ax.set_ylabel("% of videos")
-    ax.set_ylim(0, 100)
+    draw(ax)
+    ax.set_xlabel(f"wall-clock minutes of {what} training (2-core CPU)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     top = ax.secondary_xaxis("top", functions=(lambda m: m, lambda m: m))
     top.set_xticks([p["minutes"] for p in points][::2], [str(p["step"]) for p in points][::2], fontsize=7)
     top.set_xlabel("optimizer step")
     fig.tight_layout()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=120)
-    print(f"wrote {args.plot}")
-
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 if __name__ == "__main__":
     main()

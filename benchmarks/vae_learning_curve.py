@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from learning_curve import step_minutes
+from learning_curve import save_curve_plot, step_minutes
 
 from patchflow.checkpoint import list_checkpoints, load_checkpoint
 from patchflow.data.footage import heldout_clips
@@ -68,32 +68,16 @@ def main() -> None:
     vae.load_state_dict(final_state)
     out_path.write_text(json.dumps(curve, indent=1) + "\n")
 
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot (pip install 'patchflow[plot]')")
-        return
     points = sorted((p for k, p in curve.items() if k not in ("final", "settings") and p["minutes"] is not None),
                     key=lambda p: p["step"])
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([p["minutes"] for p in points], [p["psnr"] for p in points], "o-", label="VAE (held-out mean)")
-    if "baseline_psnr" in curve["final"]:
-        ax.axhline(curve["final"]["baseline_psnr"], color="gray", ls="--",
-                   label=f"{args.baseline}, same stored values")
-    ax.set_xlabel("wall-clock minutes of training (2-core CPU)")
-    ax.set_ylabel(f"PSNR dB, {args.frames}x{args.size}x{args.size}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    top = ax.secondary_xaxis("top", functions=(lambda m: m, lambda m: m))
-    top.set_xticks([p["minutes"] for p in points][::2], [str(p["step"]) for p in points][::2], fontsize=7)
-    top.set_xlabel("optimizer step")
-    fig.tight_layout()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=120)
-    print(f"wrote {args.plot}")
 
+    def draw(ax):
+        ax.plot([p["minutes"] for p in points], [p["psnr"] for p in points], "o-", label="VAE (held-out mean)")
+        if "baseline_psnr" in curve["final"]:
+            ax.axhline(curve["final"]["baseline_psnr"], color="gray", ls="--",
+                       label=f"{args.baseline}, same stored values")
+
+    save_curve_plot(points, draw, "VAE", f"PSNR dB, {args.frames}x{args.size}x{args.size}", args.plot)
 
 if __name__ == "__main__":
     main()

@@ -118,6 +118,17 @@ def _sdist_url(index: str, name: str, version: str) -> str:
     raise FileNotFoundError(f"{filename} is not listed on {_public(page)}")
 
 
+def _opencv_files() -> dict[str, str]:
+    """What a fetch keeps: file name in the media folder -> path inside the sdist (below its top folder)."""
+    return {**OPENCV_CLIPS, **{n: _OCV + n for n in OPENCV_PHOTOS},
+            **{n.replace("/", "-"): n for n in _OPENCV_LICENCES}}
+
+
+def _complete(folder: Path) -> bool:
+    """Whether `folder` holds every file a fetch keeps."""
+    return folder.is_dir() and all((folder / n).is_file() for n in _opencv_files())
+
+
 _MARKER = ".patchflow-fetch"  # in every folder fetch_opencv_media made: only those may be replaced
 
 
@@ -132,9 +143,8 @@ def fetch_opencv_media(dest: Path | None = None, index: str | None = None, progr
     https://pypi.org/simple). Returns `dest`; a complete folder is returned at once.
     """
     dest = Path(dest) if dest is not None else opencv_media_dir()
-    wanted = {**OPENCV_CLIPS, **{n: _OCV + n for n in OPENCV_PHOTOS},
-              **{n.replace("/", "-"): n for n in _OPENCV_LICENCES}}
-    if dest.is_dir() and all((dest / n).is_file() for n in wanted):
+    wanted = _opencv_files()
+    if _complete(dest):
         return dest
     if (dest.exists() or dest.is_symlink()) and not (dest / _MARKER).is_file():
         raise FileExistsError(f"{dest} exists and was not made by `patchflow data fetch`; "
@@ -178,8 +188,7 @@ def fetch_opencv_media(dest: Path | None = None, index: str | None = None, progr
 def _opencv_media() -> Path | None:
     """The fetched OpenCV media folder if it is complete, else None."""
     folder = opencv_media_dir()
-    names = [*OPENCV_CLIPS, *OPENCV_PHOTOS]
-    return folder if folder.is_dir() and all((folder / n).is_file() for n in names) else None
+    return folder if _complete(folder) else None
 
 
 def training_clips() -> list[Path]:

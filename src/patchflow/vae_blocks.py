@@ -393,10 +393,7 @@ def initialize_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
     for m in module.modules():
         if isinstance(m, FactorizedConv3d):  # temporal part = identity on the current frame
-            w = m.temporal.conv.weight  # (C, C, 3, 1, 1)
-            with torch.no_grad():
-                w.zero_()
-                w[:, :, 2, 0, 0] = torch.eye(w.shape[0])
+            _copy_current_frame(m.temporal.conv.weight)
     for m in module.modules():
         if isinstance(m, ResBlock3d):
             nn.init.zeros_(m.conv2.conv.weight)
@@ -414,12 +411,17 @@ def initialize_weights(module: nn.Module) -> None:
             with torch.no_grad():
                 m.conv_out.conv.weight.zero_()
         elif isinstance(m, Upsample) and m.temporal is not None:
-            w = m.temporal.conv.weight  # (2C, C, 3, 1, 1); last tap = current frame
-            c = w.shape[1]
-            with torch.no_grad():
-                w.zero_()
-                w[:c, :, 2, 0, 0] = torch.eye(c)
-                w[c:, :, 2, 0, 0] = torch.eye(c)
+            _copy_current_frame(m.temporal.conv.weight)  # both sub-frames copy their frame
+
+
+@torch.no_grad()
+def _copy_current_frame(weight: torch.Tensor) -> None:
+    """Set a temporal conv weight `[k C, C, kt, 1, 1]` so each of its k output groups of C channels
+    copies the current frame (the last tap; causal padding puts the past before it)."""
+    c = weight.shape[1]
+    weight.zero_()
+    for i in range(weight.shape[0] // c):
+        weight[i * c:(i + 1) * c, :, -1, 0, 0] = torch.eye(c)
 
 
 def set_streaming(module: nn.Module, on: bool) -> None:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from patchflow.attention import attention, make_plan, resolve_backend
+from patchflow.attention import DENSE_MAX_PAIRS, attention, make_plan, resolve_backend
 
-FAST = ["sdpa", "flex", "varlen"]
-TRAINABLE = ["sdpa", "varlen"]  # flex has no backward on CPU in torch 2.13
+FAST = ["dense", "sdpa", "flex", "varlen"]
+TRAINABLE = ["dense", "sdpa", "varlen"]  # flex has no backward on CPU in torch 2.13
 
 
 def _ids():
@@ -71,7 +71,7 @@ def test_gradients_match_naive(backend):
         assert not b.isnan().any() and (a - b).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["naive", "sdpa", "flex", "varlen"])
+@pytest.mark.parametrize("backend", ["naive", "dense", "sdpa", "flex", "varlen"])
 def test_padding_rows_give_no_nan(backend):
     ids = torch.full((2, 16), -1)
     ids[0, :5] = 0  # row 1 is pure padding
@@ -98,14 +98,15 @@ def test_many_small_groups_are_batched_by_length():
 
 def test_trivial_rows_use_plain_sdpa():
     ids = torch.tensor([[0] * 8, [1] * 8])
-    assert make_plan(ids, ids, "varlen").trivial
+    assert make_plan(ids, ids, "varlen").trivial and make_plan(ids, ids, "dense").trivial
     q, k, v = _qkv(2, 2, 8, 8)
     ref = attention(q, k, v, ids, ids, backend="naive")
     assert (attention(q, k, v, ids, ids) - ref).abs().max() < 1e-5
 
 
 def test_backend_rules_and_errors():
-    assert resolve_backend("auto", "cpu") == "varlen"
+    assert resolve_backend("auto", "cpu") == "dense"  # short rows: one batched masked attention
+    assert resolve_backend("auto", "cpu", pairs=DENSE_MAX_PAIRS + 1) == "varlen"  # long rows: no wasted pairs
     assert resolve_backend("sdpa", "cpu") == "sdpa"
     with pytest.raises(ValueError, match="attention backend must be one of"):
         resolve_backend("fast", "cpu")

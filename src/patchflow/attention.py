@@ -11,6 +11,10 @@ tokens of sample b carry id b and padded text positions -1.
 
 Backends (all give the same result; tests hold them to the naive loop):
     "naive"   per-(row, id) loop with an explicit fp32 softmax: the reference.
+    "dense"   one batched masked attention over whole rows, [R, H, Sq, Sk] scores in plain
+              matmuls with an fp32 softmax: wastes the masked pairs, but it is a handful of
+              large ops whose backward is two more matmuls. On CPU that beats the fused
+              kernels by 3-4x for short rows (benchmarks/RESULTS.md, "The training loop").
     "sdpa"    F.scaled_dot_product_attention with a dense bool mask [R, 1, Sq, Sk]:
               simple, any device, but spends O(Sq*Sk) work on masked pairs.
     "flex"    torch.nn.attention.flex_attention with a block-sparse document BlockMask:
@@ -21,7 +25,8 @@ Backends (all give the same result; tests hold them to the naive loop):
               flash-attn package, detected, never required); elsewhere groups of equal
               (q, k) length are gathered into batches, one SDPA call per distinct length.
     "auto"    CUDA: "varlen" when a flash varlen kernel serves the dtype, else "flex".
-              CPU and other devices: "varlen" (no wasted work on masked pairs, has a backward).
+              CPU and other devices: "dense" while the rows are short (R * Sq * Sk up to
+              DENSE_MAX_PAIRS score pairs), else "varlen" (no wasted work on masked pairs).
 
 The mask metadata depends only on the ids, so a model builds one `AttentionPlan`
 per forward with `make_plan` and reuses it in every layer.
@@ -35,7 +40,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "sdpa", "flex", "varlen", "naive")
+BACKENDS = ("auto", "dense", "sdpa", "flex", "varlen", "naive")
+# "auto" on CPU uses "dense" up to this many (row, query, key) score pairs: 4M pairs are 16 MB of
+# fp32 scores per head, e.g. 32 rows of 362 tokens, or the 2 x 1280 tokens of a guided 17x256x256 clip.
+DENSE_MAX_PAIRS = 1 << 22
 
 
 def _torch_varlen():
@@ -60,15 +68,17 @@ def varlen_kernel_available(device: torch.device | str, dtype: torch.dtype) -> b
             and (_torch_varlen() is not None or _flash_attn_varlen() is not None))
 
 
-def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
-    """The concrete backend "auto" stands for on this device and dtype (see module docstring)."""
+def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                    pairs: int = 0) -> str:
+    """The concrete backend "auto" stands for on this device and dtype for `pairs` = R * Sq * Sk
+    score pairs (see module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
     if torch.device(device).type == "cuda":
         return "varlen" if varlen_kernel_available(device, dtype) else "flex"
-    return "varlen"
+    return "dense" if pairs <= DENSE_MAX_PAIRS else "varlen"
 
 
 @dataclass
@@ -78,9 +88,9 @@ class AttentionPlan:
     backend: str
     q_ids: torch.Tensor                       # [R, Sq]
     kv_ids: torch.Tensor                      # [R, Sk]
-    trivial: bool = False                     # one id per row, no padding: plain unmasked SDPA
-    mask: torch.Tensor | None = None          # sdpa: [R, 1, Sq, Sk] bool
-    has_key: torch.Tensor | None = None       # sdpa: [R, 1, Sq, 1] bool, query has >= 1 key
+    trivial: bool = False                     # one id per row, no padding: no mask at all
+    mask: torch.Tensor | None = None          # sdpa, dense: [R, 1, Sq, Sk] bool
+    has_key: torch.Tensor | None = None       # sdpa, dense: [R, 1, Sq, 1] bool, query has >= 1 key
     block_mask: object | None = None          # flex: BlockMask
     buckets: list = field(default_factory=list)  # varlen fallback: [(q_index [n, lq], k_index [n, lk])]
     q_tokens: torch.Tensor | None = None      # varlen kernel: flat query positions, grouped
@@ -175,19 +185,22 @@ def make_plan(q_ids: torch.Tensor, kv_ids: torch.Tensor | None = None, backend: 
     """
     kv_ids = q_ids if kv_ids is None else kv_ids
     _check_ids(q_ids, kv_ids)
-    plan = AttentionPlan(resolve_backend(backend, q_ids.device, dtype), q_ids, kv_ids)
-    if plan.backend in ("sdpa", "varlen"):
+    pairs = q_ids.shape[0] * q_ids.shape[1] * kv_ids.shape[1]
+    plan = AttentionPlan(resolve_backend(backend, q_ids.device, dtype, pairs), q_ids, kv_ids)
+    if plan.backend in ("sdpa", "dense", "varlen"):
         # One id per row, same on both sides and no padding: no mask needed at all.
         plan.trivial = bool((q_ids >= 0).all() and (kv_ids >= 0).all()
                             and (q_ids == q_ids[:, :1]).all() and (kv_ids == q_ids[:, :1]).all())
         if plan.trivial:
             return plan
-    if plan.backend in ("sdpa", "flex"):
+    if plan.backend in ("sdpa", "dense", "flex"):
         dense = (q_ids[:, :, None] == kv_ids[:, None, :]) & (q_ids[:, :, None] >= 0)  # [R, Sq, Sk]
-        if plan.backend == "sdpa":
+        if plan.backend in ("sdpa", "dense"):
             plan.has_key = dense.any(-1)[:, None, :, None]                  # [R, 1, Sq, 1]
             # A query with no key would softmax over nothing (NaN): let it see everything, then zero it.
             plan.mask = dense[:, None] | ~plan.has_key                      # [R, 1, Sq, Sk]
+            if plan.backend == "dense" and bool(plan.has_key.all()):
+                plan.has_key = None                                         # nothing to zero
         else:
             plan.block_mask = _flex_block_mask(q_ids, kv_ids, dense)
     elif plan.backend == "varlen":
@@ -231,6 +244,15 @@ def _naive(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
             o = scores.softmax(-1) @ v[r][:, ki].float()                                   # [H, nq, Dh]
             out[r, :, qi] = o.to(q.dtype)
     return out
+
+
+def _dense(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+    """Whole rows at once: scores [R, H, Sq, Sk] in q's dtype, masked softmax in fp32, then p @ v."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale     # [R, H, Sq, Sk]
+    if plan.mask is not None:
+        scores = scores.masked_fill_(~plan.mask, float("-inf"))         # mul's backward needs no output
+    out = torch.matmul(scores.softmax(-1).to(v.dtype), v)             # [R, H, Sq, Dh]
+    return out if plan.has_key is None else out * plan.has_key       # queries without keys: 0
 
 
 def _varlen(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
@@ -280,6 +302,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_ids: torch.Te
         raise ValueError(f"ids {tuple(plan.q_ids.shape)}, {tuple(plan.kv_ids.shape)} do not match q "
                          f"{tuple(q.shape)} and k {tuple(k.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if plan.backend == "dense":  # plain tensor ops: torch.compile traces and fuses it with the block
+        return _dense(q, k, v, plan, scale)
+    return _masked_kernels(q, k, v, plan, scale)
+
+
+def _masked_kernels(q, k, v, plan: AttentionPlan, scale: float) -> torch.Tensor:
+    """The backends other than "dense" (each with data-dependent Python: kept out of compiled graphs)."""
     if plan.trivial:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if plan.backend == "sdpa":
@@ -293,13 +322,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_ids: torch.Te
 
 
 def keep_eager_under_compile() -> None:
-    """Exclude `attention` from torch.compile graphs (data-dependent plans: a graph break on each side).
+    """Exclude the data-dependent backends from torch.compile graphs (a graph break on each side);
+    "dense" stays in the graph, where inductor fuses its mask, scale and softmax.
 
     Called by DiT.compile_blocks rather than applied as a decorator, because
     `torch.compiler.disable` imports torch._dynamo (~1.2 s) and generation should not pay that.
-    Callers reach the function as `attention_module.attention`, so the rebinding takes effect.
+    `attention` reaches the function as a module global, so the rebinding takes effect.
     """
-    global attention
-    if not getattr(attention, "_patchflow_eager", False):
-        attention = torch.compiler.disable(attention)
-        attention._patchflow_eager = True
+    global _masked_kernels
+    if not getattr(_masked_kernels, "_patchflow_eager", False):
+        _masked_kernels = torch.compiler.disable(_masked_kernels)
+        _masked_kernels._patchflow_eager = True

@@ -56,6 +56,8 @@ class DiTConfig:
     qk_norm: bool = True                  # RMSNorm on q and k per head: stable logits at large width
     rope_theta: float = 10000.0
     frequency_embedding_size: int = 256   # sinusoidal timestep features before the MLP
+    pooled_text: bool = False             # add the caption's mean state (through an MLP) to the timestep
+                                          # embedding that drives adaLN, beside cross-attention (as SD3)
     attention_layout: str = "full"        # "full" spacetime attention | "factorized" spatial/temporal blocks
     attention_backend: str = "auto"       # see attention.py: auto | sdpa | flex | varlen | naive
     gradient_checkpointing: bool = False  # recompute each block in backward: ~1/depth the activation memory
@@ -116,7 +118,9 @@ class DiT(nn.Module):
         d = c.hidden_size
         self.x_embed = nn.Linear(c.token_dim, d)
         self.t_embed = TimestepEmbedder(d, c.frequency_embedding_size)
-        self.text_proj = nn.Sequential(nn.Linear(c.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.text_proj = nn.Sequential(nn.Linear(c.text_dim, d), nn.GELU(), nn.Linear(d, d))
+        if c.pooled_text:
+            self.pool_embed = nn.Sequential(nn.Linear(c.text_dim, d), nn.SiLU(), nn.Linear(d, d))
         keys = ["self"] * c.depth if c.attention_layout == "full" else ["spatial", "temporal"] * c.depth
         self.blocks = nn.ModuleList([DiTBlock(d, c.num_heads, c.mlp_ratio, c.qk_norm, keys[i]) for i in range(c.depth)])
         self.final = FinalLayer(d, c.token_dim)
@@ -131,7 +135,7 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         # Timestep MLP and text projection: small normal, as DiT's embedders and PixArt's caption projection.
-        for layer in [*self.t_embed.mlp, *self.text_proj]:
+        for layer in [*self.t_embed.mlp, *self.text_proj, *getattr(self, "pool_embed", [])]:
             if isinstance(layer, nn.Linear):
                 nn.init.normal_(layer.weight, std=0.02)
         for block in self.blocks:
@@ -147,18 +151,19 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def compile_blocks(self) -> None:
-        """torch.compile every block (attention stays eager: it depends on the plan's data layout).
+        """torch.compile every block, for any number of rows and text tokens (dynamic shapes).
 
-        Fuses the norms, modulation, RoPE and GELU around the matmuls, which pays where that
-        memory-bound work is a large share of the step (GPUs). On the 2-core CPU of benchmarks/RESULTS.md
-        the step is matmul-bound (about 80% of the measured matmul peak in fp32) and compiling
-        (about 20 s of compilation) gave no speedup, so it is off by default.
+        Inductor fuses the norms, modulation, QK-norm, RoPE, GELU and, for the "dense" attention
+        backend, the mask and softmax, around the matmuls: on the 2-core CPU that made the Shapes
+        World recipe's step 1.3x faster (benchmarks/RESULTS.md, "The training loop") for ~1 minute
+        of compilation at the start of a run. The other attention backends stay eager (their plans
+        are data-dependent): a graph break on each side.
         """
         from . import attention as attention_module
 
-        attention_module.keep_eager_under_compile()  # attention() stays eager: a graph break on each side
+        attention_module.keep_eager_under_compile()
         for block in self.blocks:
-            block.compile()
+            block.compile(dynamic=True)
 
     sp_group = None  # sequence parallel group (Ulysses): each rank holds a contiguous 1/P of every row's tokens
 
@@ -185,18 +190,27 @@ class DiT(nn.Module):
     # -- forward -----------------------------------------------------------------------------------
 
     def _row_text(self, text: torch.Tensor, text_mask: torch.Tensor, sample_ids: torch.Tensor):
-        """Per row, the real text tokens of the samples it holds: [R, K, D] and their ids [R, K] (-1 pad)."""
+        """The batch's real text tokens, flat [N, Dtxt] (sample after sample), and per row the positions
+        in them of the tokens of the samples it holds [R, K] (pad 0) with their sample ids [R, K] (-1 pad).
+
+        Cross-attention projects the N real tokens once and gathers rows from them: projecting the rows
+        themselves would repeat the work for every padded slot (a packed row's K is 3x its real tokens).
+        """
         b, l, _ = text.shape
-        flat_valid = [(text_mask[i].nonzero().squeeze(1) + i * l) for i in range(b)]  # positions in (b l)
+        lengths = text_mask.sum(1)                                           # [B]
+        starts = (torch.cumsum(lengths, 0) - lengths).tolist()
+        lengths = lengths.tolist()
+        flat = text[text_mask] if sum(lengths) else text.new_zeros(1, text.shape[-1])  # [N, Dtxt]
         rows, ids = [], []
         for row in sample_ids:
             present = row[row >= 0].unique().tolist()
-            rows.append(torch.cat([flat_valid[i] for i in present]) if present else row.new_zeros(0))
-            ids.append(torch.cat([torch.full_like(flat_valid[i], i) for i in present]) if present else row.new_zeros(0))
+            rows.append(torch.cat([torch.arange(starts[i], starts[i] + lengths[i]) for i in present])
+                        if present else row.new_zeros(0))
+            ids.append(torch.cat([torch.full((lengths[i],), i) for i in present]) if present else row.new_zeros(0))
         k = max(1, max(len(r) for r in rows))
-        index = torch.stack([nn.functional.pad(r, (0, k - len(r))) for r in rows])           # [R, K]
-        text_ids = torch.stack([nn.functional.pad(i, (0, k - len(i)), value=-1) for i in ids])  # [R, K]
-        return text.reshape(b * l, -1)[index], text_ids                                     # [R, K, D]
+        index = torch.stack([nn.functional.pad(r, (0, k - len(r))) for r in rows]).to(sample_ids.device)  # [R, K]
+        text_ids = torch.stack([nn.functional.pad(i, (0, k - len(i)), value=-1) for i in ids]).to(sample_ids.device)
+        return flat, index, text_ids
 
     def _plans(self, coords: torch.Tensor, sample_ids: torch.Tensor, text_ids: torch.Tensor, dtype: torch.dtype):
         backend = self.config.attention_backend
@@ -217,6 +231,22 @@ class DiT(nn.Module):
         plans["temporal"] = make_plan(temporal, None, backend, dtype)
         return plans
 
+    def _conditioning(self, t: torch.Tensor, sample_ids: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor):
+        """The adaLN input of each distinct conditioning: SiLU(embed(t) [+ pooled text]) [U, D], and per token
+        its row [R, S]. Computed once per distinct value, not per token; blocks spread it with a one-hot matmul."""
+        t_unique, t_index = torch.unique(t, return_inverse=True)
+        temb = self.t_embed(t_unique)                                      # [Ut, D]
+        if not self.config.pooled_text:
+            return nn.functional.silu(temb), t_index
+        # One row per distinct (t, sample): sample -1 (padding) gets the timestep alone.
+        b = text.shape[0]
+        mask = text_mask[..., None].to(text.dtype)
+        pooled = (text * mask).sum(1) / mask.sum(1).clamp(min=1)           # [B, Dtxt] mean of the real tokens
+        pooled = torch.cat([pooled.new_zeros(1, pooled.shape[1]), pooled])  # row 0: no sample
+        pairs, index = torch.unique(t_index * (b + 1) + sample_ids + 1, return_inverse=True)  # [U], [R, S]
+        cond = temb[pairs // (b + 1)] + self.pool_embed(pooled)[pairs % (b + 1)]  # [U, D]
+        return nn.functional.silu(cond), index
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, coords: torch.Tensor, sample_ids: torch.Tensor,
                 text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity [R, S, Dout] for packed tokens; shapes in the module docstring."""
@@ -234,22 +264,21 @@ class DiT(nn.Module):
             raise ValueError(f"sample id {int(sample_ids.max())} has no text row (text has {text.shape[0]} rows)")
 
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        text_tokens, text_ids = self._row_text(self.text_proj(text), text_mask.bool(), sample_ids)  # [R, K, D]
+        text_flat, text_index, text_ids = self._row_text(text, text_mask.bool(), sample_ids)  # [N, Dtxt], [R, K]
+        text_tokens = (self.text_proj(text_flat), text_index)              # [N, D] and each row's picks
         plans = self._plans(coords, sample_ids, text_ids, dtype)
         rope = rope_cos_sin(coords, c.hidden_size // c.num_heads, c.rope_theta)  # 2 x [R, S, 1, Dh/2]
 
-        # Per-token timesteps: embed each unique t once ([U, D]), gather to tokens in each block.
-        t_unique, t_index = torch.unique(t, return_inverse=True)
-        temb = nn.functional.silu(self.t_embed(t_unique))                  # [U, D]
-        t_index = t_index if len(t_unique) > 1 else None                  # one t for all: broadcast instead
+        temb, index = self._conditioning(t, sample_ids, text, text_mask)  # [U, D], [R, S] into U
+        onehot = nn.functional.one_hot(index, len(temb)).to(dtype) if len(temb) > 1 else None  # [R, S, U]
 
         h = self.x_embed(x)                                                # [R, S, D]
         for block in self.blocks:
             if c.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, temb, t_index, rope, text_tokens, plans, use_reentrant=False)
+                h = checkpoint(block, h, temb, onehot, rope, text_tokens, plans, use_reentrant=False)
             else:
-                h = block(h, temb, t_index, rope, text_tokens, plans)
-        out = self.final(h, temb, t_index)                                 # [R, S, Dout]
+                h = block(h, temb, onehot, rope, text_tokens, plans)
+        out = self.final(h, temb, onehot)                                  # [R, S, Dout]
         return out * (sample_ids >= 0)[..., None]                          # padding predicts exactly 0
 
     def forward_packed(self, packed, text: torch.Tensor, text_mask: torch.Tensor | None = None,

@@ -14,13 +14,18 @@ from torch import nn
 
 from . import attention as attention_module
 from .attention import AttentionPlan
-from .rope import apply_rope
+from .rope import _rotate, apply_rope
 from .sequence_parallel import all_to_all
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x * (1 + scale) + shift, all [R, S, D] (or broadcastable)."""
     return torch.addcmul(shift, x, 1 + scale)
+
+
+def spread(rows: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """Per-timestep rows [U, K] to tokens [R, S, K] through onehot [R, S, U]; None (U == 1): [1, 1, K]."""
+    return rows[None] if onehot is None else torch.matmul(onehot.to(rows.dtype), rows)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -45,12 +50,57 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(freq)
 
 
-class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm whose weight follows the input dtype, so bf16/fp16 autocast keeps the fused kernel
-    (torch falls back to a slow unfused path when input and weight dtypes differ)."""
+class _NormRope(torch.autograd.Function):
+    """RMSNorm over the last dim, times `weight`, then (optionally) RoPE: one op with a hand-written
+    backward, computed in fp32 (or x's wider dtype) on a contiguous copy and returned in x's dtype.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+    q and k arrive as strided views of the fused qkv output, often in bf16; autograd's composite
+    RMSNorm then ran ~15 small broadcasting ops on them per call (12% of a CPU training step).
+    Backward, with n = x * r the normalised input and r = rsqrt(mean(x^2) + eps):
+        g_y = rope^-1(g_out) (the inverse rotation), g_w = sum(g_y * n), g_n = g_y * w,
+        g_x = r * (g_n - n * mean(g_n * n)).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, cos, sin):
+        with torch.autocast(x.device.type, enabled=False):
+            wide = torch.promote_types(x.dtype, torch.float32)
+            xf = x.to(wide, memory_format=torch.contiguous_format, copy=True)  # [..., Dh], ours
+            r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # [..., 1]
+            n = xf.mul_(r)                                                 # normalised, in place
+            y = n * weight.to(wide)
+            if cos is not None:
+                y = _rotate(y, cos.to(wide), sin.to(wide))
+        ctx.save_for_backward(n, r, weight, cos, sin)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, r, weight, cos, sin = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):
+            g = grad.to(n.dtype, copy=True)                                # ours to change in place
+            if cos is not None:
+                g = _rotate(g, cos.to(n.dtype), -sin.to(n.dtype))
+            g_w = (g * n).sum(tuple(range(g.dim() - 1)))
+            g_n = g.mul_(weight.to(n.dtype))
+            g_x = g_n.sub_(n * (g_n * n).mean(-1, keepdim=True)).mul_(r)
+        return g_x.to(grad.dtype), g_w.to(weight.dtype), None, None, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (per head, for QK-norm) that can apply the rotary positions in the same op.
+
+    forward(x [..., Dh], rope=None | (cos, sin) broadcastable to [..., Dh/2]) -> x's shape and dtype.
+    Outside torch.compile it runs `_NormRope` (see there); compiled, the plain ops, which inductor fuses.
+    """
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            out = nn.functional.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+            return out if rope is None else apply_rope(out, *rope)
+        cos, sin = rope if rope is not None else (None, None)
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return _NormRope.apply(x, self.weight, eps, cos, sin)
 
 
 class SelfAttention(nn.Module):
@@ -69,7 +119,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttentionPlan) -> torch.Tensor:
         r, s, d = x.shape
         q, k, v = self.qkv(x).view(r, s, 3, self.heads, self.head_dim).unbind(2)  # 3 x [R, S, H, Dh]
-        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
+        if isinstance(self.q_norm, RMSNorm):
+            q, k = self.q_norm(q, rope), self.k_norm(k, rope)                       # normalised and rotated
+        else:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.sp_group is not None:  # local tokens, all heads -> all tokens, H/P heads: one all-to-all for q, k, v
             qkv = all_to_all(torch.stack([q, k, v], 2), self.sp_group, scatter_dim=3, gather_dim=1)  # [R, S*P, 3, H/P, Dh]
             q, k, v = qkv.unbind(2)
@@ -92,19 +145,26 @@ class CrossAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor], plan: AttentionPlan) -> torch.Tensor:
+        """x [R, S, D]; text = (tokens [N, D], index [R, K]): each row's text tokens are tokens[index]."""
         r, s, d = x.shape
+        tokens, index = text
         q = self.q_norm(self.q(x).view(r, s, self.heads, self.head_dim))                  # [R, S, H, Dh]
-        k, v = self.kv(text).view(r, text.shape[1], 2, self.heads, self.head_dim).unbind(2)  # [R, K, H, Dh]
+        # k, v of the N real tokens once, then gathered per row (an embedding lookup: its backward is cheap).
+        kv = nn.functional.embedding(index, self.kv(tokens))                              # [R, K, 2D]
+        k, v = kv.view(r, index.shape[1], 2, self.heads, self.head_dim).unbind(2)         # [R, K, H, Dh]
         out = attention_module.attention(q.transpose(1, 2), self.k_norm(k).transpose(1, 2), v.transpose(1, 2), plan=plan)
         return self.proj(out.transpose(1, 2).reshape(r, s, d))
 
 
 class Mlp(nn.Module):
+    """fc1, GELU, fc2. The exact (erf) GELU: on CPU its bf16 forward + backward is 2.6x faster than
+    DiT's tanh approximation (3.3 vs 8.6 ms on [2000, 1024]), which had cost ~5% of a training step."""
+
     def __init__(self, dim: int, ratio: float = 4.0):
         super().__init__()
         hidden = int(dim * ratio)
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -115,7 +175,10 @@ class DiTBlock(nn.Module):
 
     The modulation comes from a per-token timestep embedding. It is computed on
     the U unique timesteps ([U, 6D], U is about the number of samples) and then
-    gathered to tokens, so it costs 6D^2 per unique t, not per token. Cross-
+    spread to tokens, so it costs 6D^2 per unique t, not per token. The spread is
+    a matmul with a one-hot [R, S, U] rather than an index: its backward is a
+    second small matmul, where an index's is a scatter-add that took 7% of a CPU
+    training step (and picks the same rows exactly, in any dtype). Cross-
     attention is not modulated (as in PixArt-alpha and Wan): its residual starts
     at zero through a zero-initialised output projection instead.
     """
@@ -131,12 +194,12 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_ratio)
         self.adaLN = nn.Linear(dim, 6 * dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, t_index: torch.Tensor | None,
-                rope: tuple[torch.Tensor, torch.Tensor], text: torch.Tensor,
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, t_onehot: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor],
                 plans: dict[str, AttentionPlan]) -> torch.Tensor:
-        """x [R, S, D]; temb [U, D] (SiLU applied); t_index [R, S] into U, or None when U == 1."""
-        mod = self.adaLN(temb)                                            # [U, 6D]
-        mod = mod[t_index] if t_index is not None else mod[None]           # [R, S, 6D] or [1, 1, 6D]
+        """x [R, S, D]; temb [U, D] (SiLU applied); t_onehot [R, S, U] picks each token's row, None when U == 1;
+        text (tokens [N, D], index [R, K]) as CrossAttention takes it."""
+        mod = spread(self.adaLN(temb), t_onehot)                          # [R, S, 6D] or [1, 1, 6D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope, plans[self.plan_key])
         x = x + self.cross(self.norm2(x), text, plans["cross"])
@@ -152,8 +215,7 @@ class FinalLayer(nn.Module):
         self.adaLN = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, t_index: torch.Tensor | None) -> torch.Tensor:
-        mod = self.adaLN(temb)
-        mod = mod[t_index] if t_index is not None else mod[None]           # [R, S, 2D] or [1, 1, 2D]
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, t_onehot: torch.Tensor | None) -> torch.Tensor:
+        mod = spread(self.adaLN(temb), t_onehot)                          # [R, S, 2D] or [1, 1, 2D]
         shift, scale = mod.chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))

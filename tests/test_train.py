@@ -45,8 +45,12 @@ def test_tiny_dit_trains_and_loads(tmp_path):
     assert video.shape == (5, 32, 32, 3) and video.dtype == np.uint8
 
 
-def test_exact_resume(tmp_path, monkeypatch):
-    sets = [*FAST, "train.steps=6", "train.checkpoint_every=3", "train.keep_checkpoints=5"]
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_exact_resume(tmp_path, monkeypatch, compiled):
+    # compiled: the Shapes World recipe's way (compiled blocks, bf16): the resumed run compiles anew
+    # and must still continue bit for bit.
+    sets = [*FAST, "train.steps=6", "train.checkpoint_every=3", "train.keep_checkpoints=5",
+            *(["train.compile=true", 'train.precision="bf16"'] if compiled else [])]
     train("dit", load_config(TINY, sets), tmp_path / "straight", progress=False)
 
     real_save = ckpt_module.save_checkpoint

@@ -47,8 +47,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         weight = 1.0 - self.decay_at(step)
-        for name, p in unwrap(model).named_parameters():
-            self.shadow[name].lerp_(p.detach().float(), weight)
+        names, params = zip(*unwrap(model).named_parameters())
+        shadows = [self.shadow[n] for n in names]
+        # One multi-tensor lerp instead of a small op per parameter (the same values).
+        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], weight)
 
     def full_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """EMA parameters plus the model's buffers, unsharded, on CPU (call on every rank)."""

@@ -219,8 +219,10 @@ def _setup(stage_name: str, config: Config, info: DistInfo) -> Run:
     wrapped = wrap_model(model, info, tc.distributed)
     ema = EMA(wrapped, tc.ema_decay) if tc.ema_decay > 0 else None
     dtype = resolve_precision(tc.precision, info.device)
+    # The fused kernel (CUDA and CPU) updates every parameter in one op; the per-parameter loop
+    # spent ~10 small ops on each of the DiT's ~130 tensors. Other devices keep the default.
     optimizer = torch.optim.AdamW(optimizer_groups(unwrap(wrapped), tc.weight_decay), lr=tc.lr,
-                                  betas=tuple(tc.betas), fused=info.device.type == "cuda")
+                                  betas=tuple(tc.betas), fused=info.device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
     return Run(stage, wrapped, ema, optimizer, scaler, dtype, info, data_info)
 
@@ -354,7 +356,8 @@ def _skip_step(run: Run, step: int, bad_steps: int, max_bad_steps: int) -> None:
 def _update(run: Run, step: int, grad_clip: float) -> tuple[float, dict]:
     """Clip, optimiser step, EMA, then the stage's own after-step work; returns (gradient norm, its logs)."""
     run.scaler.unscale_(run.optimizer)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(unwrap(run.wrapped).parameters(), grad_clip or float("inf")))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(unwrap(run.wrapped).parameters(), grad_clip or float("inf"),
+                                                     foreach=True))  # multi-tensor norms: fewer tiny ops
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)

@@ -196,6 +196,9 @@ def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
     vae.set_latent_stats([0.5] * 4, [2.0] * 4)  # raw posteriors are cached; statistics apply at load time
     vae.save_pretrained(tmp_path / "vae")
     assert len(CachedLatents(tmp_path / "cache", config)) == 2
+    # The same VAE named by another spelling of its path (relative to the working folder) is the same cache.
+    relative = os.path.relpath(tmp_path / "vae")
+    assert len(CachedLatents(tmp_path / "cache", load_config(TINY, [*FAST, f'vae.path="{relative}"']))) == 2
     with torch.no_grad():
         next(vae.parameters()).add_(0.1)  # the same folder, retrained: its old latents are stale
     vae.save_pretrained(tmp_path / "vae")

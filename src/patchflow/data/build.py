@@ -144,8 +144,8 @@ def cache_key(config: Config) -> dict:
     data = {k: v for k, v in config.to_dict()["data"].items() if k not in ("cache", "workers", "caption_dropout",
                                                                             "caption_styles", "length")}
     vae = config.vae.table()
-    if config.vae.path:
-        vae = {**vae, "weights": _weights_digest(config.vae.path)}
+    if config.vae.path:  # the weights name the VAE; how its path is spelled (relative, absolute) does not
+        vae = {**{k: v for k, v in vae.items() if k != "path"}, "weights": _weights_digest(config.vae.path)}
     return {"data": data, "vae": vae, "text": config.text.table(), "seed": config.train.seed}
 
 

@@ -244,3 +244,25 @@ def test_weight_decay_spares_norms_biases_and_embeddings():
     optimizer.step()
     moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
     assert moved == [False, True, False, False, False]  # embedding, linear w, linear b, norm w, norm b
+
+
+def test_object_tokens_flag_what_differs_from_the_frame_background():
+    from patchflow.patches import pack
+    from patchflow.train_stages import object_tokens
+
+    latent = torch.zeros(4, 2, 4, 4)             # two latent frames of a flat background
+    latent[:, 0, 1, 1] = 3.0                     # frame 0: an object at (1, 1)
+    latent[:, 1] = 5.0                           # frame 1: another background level, object at (2, 3)
+    latent[:, 1, 2, 3] = 0.0
+    packed = pack([latent, torch.zeros(4, 1, 2, 2)], (1, 1, 1))
+    flags = object_tokens(packed, threshold=1.0)
+    b0 = flags[packed.sample_row[0], :32].view(2, 4, 4)
+    assert b0[0, 1, 1] and b0[1, 2, 3] and int(b0.sum()) == 2  # each frame's own background is not flagged
+    assert not flags[packed.sample_ids == 1].any()
+
+
+def test_object_weight_trains_and_logs_the_object_share(tmp_path):
+    sets = [*FAST, "train.steps=2", "flow.object_weight=4.0", "flow.object_threshold=0.5"]
+    train("dit", load_config(TINY, sets), tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["object_tokens"] <= 1.0 and np.isfinite(r["loss"]) for r in log)

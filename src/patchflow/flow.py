@@ -45,6 +45,8 @@ class FlowConfig:
     shift_max: float = 6.0         # cap: very long sequences would otherwise push nearly all t to 1
     fixed_shift: float = 0.0       # > 0: use this shift for every length instead of the token rule
     loss_weighting: str = "sample"  # "sample": each sample counts equally; "token": each token does
+    object_weight: float = 0.0     # > 0: tokens unlike their frame's background weigh 1 + this in the loss
+    object_threshold: float = 1.0  # latent distance from the frame's median token that marks such a token
 
 
 # ---------------------------------------------------------------- shapes

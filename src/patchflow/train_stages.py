@@ -51,6 +51,23 @@ def _by_shape(videos: list[torch.Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
+@torch.no_grad()
+def object_tokens(packed, threshold: float) -> torch.Tensor:
+    """Tokens unlike their frame's background: bool [R, S], True where a token's clean latent lies more
+    than `threshold` (L2, normalised latent units) from the coordinate-wise median token of the same
+    sample and latent frame. A Shapes World object covers 4-10% of the canvas, so the median token of
+    a frame is its background, and the flag picks the tokens that carry shape and motion."""
+    flags = torch.zeros(packed.sample_ids.shape, dtype=torch.bool, device=packed.tokens.device)
+    for b in range(packed.num_samples):
+        r, s, n = int(packed.sample_row[b]), int(packed.sample_start[b]), int(packed.sample_len[b])
+        tokens, frames = packed.tokens[r, s:s + n].float(), packed.coords[r, s:s + n, 0]  # [n, D], [n]
+        for f in frames.unique():
+            pick = frames == f
+            median = tokens[pick].median(0).values                                       # [D]
+            flags[r, s:s + n][pick] = (tokens[pick] - median).norm(dim=1) > threshold
+    return flags
+
+
 class Stage(ABC):
     """What the training loop asks of a stage: a loss per micro-batch, the saved result, and hooks."""
 
@@ -146,6 +163,11 @@ class DiTStage(Stage):
         lengths = torch.bincount(packed.sample_ids[packed.sample_ids >= 0].cpu(), minlength=len(latents))
         t = sample_timesteps(len(latents), c.flow, num_tokens=lengths, generator=gen)  # (B,)
         t_tok = packed.per_token(t) * ~packed.cond_mask  # (R, S): clean condition tokens have t = 0
+        weights, logs_extra = packed.loss_mask, {}
+        if c.flow.object_weight > 0:  # the loss on the few tokens that hold objects, weighted up
+            objects = object_tokens(packed, c.flow.object_threshold) & packed.loss_mask
+            weights = packed.loss_mask.float() + c.flow.object_weight * objects.float()
+            logs_extra["object_tokens"] = float(objects.sum() / packed.loss_mask.sum().clamp(min=1))
         local, shard = packed, None
         if self.sp_group is not None:  # this rank holds one contiguous shard of every row's tokens (Ulysses)
             local = shard_packed(packed, self.sp_group)
@@ -155,11 +177,13 @@ class DiTStage(Stage):
             return model(x_t, t_tok, local.coords, local.sample_ids, *cond)
 
         loss, per_sample = flow_matching_loss(
-            velocity, packed.tokens, t_tok, (text, text_mask), generator=gen, loss_mask=local.loss_mask,
+            velocity, packed.tokens, t_tok, (text, text_mask), generator=gen,
+            loss_mask=weights if shard is None else shard(weights),
             sample_ids=local.sample_ids, num_samples=len(latents), weighting=c.flow.loss_weighting, shard=shard,
             group=self.sp_group)
         logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
-                "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean())}
+                "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean()),
+                **logs_extra}
         return loss, logs, int(packed.loss_mask.sum())
 
     def pipeline(self, model_state: dict):

@@ -250,19 +250,20 @@ def test_object_tokens_flag_what_differs_from_the_frame_background():
     from patchflow.patches import pack
     from patchflow.train_stages import object_tokens
 
-    latent = torch.zeros(4, 2, 4, 4)             # two latent frames of a flat background
-    latent[:, 0, 1, 1] = 3.0                     # frame 0: an object at (1, 1)
-    latent[:, 1] = 5.0                           # frame 1: another background level, object at (2, 3)
-    latent[:, 1, 2, 3] = 0.0
-    packed = pack([latent, torch.zeros(4, 1, 2, 2)], (1, 1, 1))
-    flags = object_tokens(packed, threshold=1.0)
+    gen = torch.Generator().manual_seed(0)
+    latent = 0.1 * torch.randn(4, 2, 4, 4, generator=gen)  # two latent frames of a noisy flat background
+    latent[:, 0, 1, 1] += 3.0                    # frame 0: an object at (1, 1)
+    latent[:, 1] += 5.0                          # frame 1: another background level, object at (2, 3)
+    latent[:, 1, 2, 3] -= 5.0
+    packed = pack([latent, 0.1 * torch.randn(4, 1, 2, 2, generator=gen)], (1, 1, 1))
+    flags = object_tokens(packed, threshold=2.5)
     b0 = flags[packed.sample_row[0], :32].view(2, 4, 4)
     assert b0[0, 1, 1] and b0[1, 2, 3] and int(b0.sum()) == 2  # each frame's own background is not flagged
-    assert not flags[packed.sample_ids == 1].any()
+    assert int(flags[packed.sample_ids == 1].sum()) <= 1  # pure noise: at most a stray outlier
 
 
 def test_object_weight_trains_and_logs_the_object_share(tmp_path):
-    sets = [*FAST, "train.steps=2", "flow.object_weight=4.0", "flow.object_threshold=0.5"]
+    sets = [*FAST, "train.steps=2", "flow.object_weight=4.0"]
     train("dit", load_config(TINY, sets), tmp_path / "run", progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["object_tokens"] <= 1.0 and np.isfinite(r["loss"]) for r in log)

@@ -46,7 +46,7 @@ class FlowConfig:
     fixed_shift: float = 0.0       # > 0: use this shift for every length instead of the token rule
     loss_weighting: str = "sample"  # "sample": each sample counts equally; "token": each token does
     object_weight: float = 0.0     # > 0: tokens unlike their frame's background weigh 1 + this in the loss
-    object_threshold: float = 1.0  # latent distance from the frame's median token that marks such a token
+    object_threshold: float = 2.5  # such a token lies this many times the frame's median distance from its median token
 
 
 # ---------------------------------------------------------------- shapes

@@ -44,5 +44,8 @@ def test_readme_python_runs(tmp_path, monkeypatch, one_thread):
 
     saved_tiny_pipeline(tmp_path / "runs" / "tiny", 17, 64, 64)  # stands in for `patchflow train ... runs/tiny`
     monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
     for block in blocks("python"):
-        exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+        exec(compile(block, str(README), "exec"), namespace)
+    # What the README promises: a 17-frame 64x64 video, written to red.mp4.
+    assert namespace["video"].shape == (17, 64, 64, 3) and (tmp_path / "red.mp4").stat().st_size > 0

@@ -23,36 +23,12 @@ from collections.abc import Callable
 import torch
 
 from .dit import DiT, dit_config
+from .hardware import measure_peak_flops, synchronize
 from .patches import pack, pad_batch
 
 # The mixed batch of (b): (frames, height, width) in pixels; images are 1-frame videos.
 MIXED_CLIPS = ((17, 64, 64), (9, 48, 96), (33, 96, 48), (1, 64, 64))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                       n: int = 2048, repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Achievable matmul FLOP/s: the best of `repeats` n x n x n matmuls (2 n^3 FLOPs each).
-
-    A measured peak, not the datasheet one: MFU against it says how close the model's step
-    comes to what this machine's BLAS reaches on one large, square matmul in this dtype.
-    """
-    device = torch.device(device)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = math.inf
-    for _ in range(repeats + 1):  # first call warms up the BLAS
-        _sync(device)
-        start = clock()
-        a @ b
-        _sync(device)
-        best = min(best, clock() - start)
-    return 2 * n ** 3 / best
 
 
 def _grid_for(tokens: int) -> tuple[int, int, int]:
@@ -73,10 +49,10 @@ def _interleaved(fns: dict[str, Callable[[], None]], steps: int, warmup: int, de
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + steps):
         for name, fn in fns.items():
-            _sync(device)
+            synchronize(device)
             start = clock()
             fn()
-            _sync(device)
+            synchronize(device)
             if i >= warmup:
                 times[name].append(clock() - start)
     return times

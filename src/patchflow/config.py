@@ -30,6 +30,7 @@ from patchflow.data.io import RESIZE_MODES
 from patchflow.data.shapes import SPLITS
 from patchflow.dit import DIT_PRESETS, DiTConfig, dit_config
 from patchflow.flow import FlowConfig
+from patchflow.prompts import DEFAULT_CAPTION_WEIGHTS
 from patchflow.text import check_text_encoder_spec
 from patchflow.vae import VAE_PRESETS, VAEConfig
 from patchflow.vae_loss import VAELossConfig
@@ -153,7 +154,7 @@ class DataConfig:
     split: str = "train"             # Shapes World split: never train on "heldout"
     fps: float = 8.0                 # folder datasets: frames sampled at this rate
     resize: str = "crop"             # folder datasets: crop | pad | stretch to the drawn size
-    caption_styles: dict = field(default_factory=lambda: {"short": 0.2, "plain": 0.5, "detailed": 0.3})
+    caption_styles: dict = field(default_factory=lambda: dict(DEFAULT_CAPTION_WEIGHTS))  # style -> weight
     caption_dropout: float = 0.1     # share of empty captions: what classifier-free guidance needs
     length: int = 10_000_000         # virtual length of generated datasets (Shapes World, footage)
     workers: int = 0                 # DataLoader worker processes (0 = in the training process)

@@ -4,6 +4,7 @@
     python benchmarks/bench_loop.py --baseline 9846885       # and the code of that commit, side by side
     python benchmarks/bench_loop.py --shape recipe --profile  # with the top ops of the stage step
     python benchmarks/bench_loop.py --set train.compile=true  # any config override, for every version
+    python benchmarks/bench_loop.py --vae --steps 3 --warmup 1  # the VAE stage's step and its top ops
 
 Shapes (the Shapes World recipe, configs/shapes-world.toml, on latents of the shipped general VAE):
     recipe   patch 1x2x2: 64x64x17 clips are 80 tokens, batch 32 (mixed sizes/lengths packed)
@@ -126,6 +127,43 @@ def measure(shape: str, cache: Path, steps: int, warmup: int, profile: bool, set
     return result
 
 
+def measure_vae(steps: int, warmup: int) -> dict:
+    """The VAE stage's step (configs/vae-general.toml on Shapes World clips, no data loading in the
+    timing): loss + backward, then its top ops. Issue #21 asks whether it has the DiT's small-op gap."""
+    import random
+
+    import torch
+    from torch.profiler import profile as torch_profile
+
+    from patchflow.config import load_config
+    from patchflow.distributed import init_distributed
+    from patchflow.train import _batches, _setup
+
+    config = load_config(ROOT / "configs/vae-general.toml", ['data.dataset="shapes"', "data.frames=[17]"])
+    run = _setup("vae", config, init_distributed("cpu"))
+    batch = next(_batches(config, "vae", run.data_info, 0))
+    batch.pop("skipped")
+
+    def stage_step() -> None:
+        loss, _, _ = run.stage.batch_loss(run.wrapped, batch, 0, random.Random(0), torch.Generator().manual_seed(0))
+        loss.backward()
+        run.optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        stage_step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        stage_step()
+    seconds = (time.perf_counter() - t0) / steps
+    with torch_profile() as prof:
+        for _ in range(2):
+            stage_step()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in rows)
+    return {"stage_s": seconds, "threads": torch.get_num_threads(),
+            "top_ops": [(e.key, round(100 * e.self_cpu_time_total / total, 1), e.count // 2) for e in rows[:12]]}
+
+
 # ---------------------------------------------------------------- the parent: versions side by side
 def run_child(src: Path, args, shape: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(args.threads)}
@@ -159,10 +197,18 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every measurement, e.g. train.compile=true")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    parser.add_argument("--vae", action="store_true", help="instead: the VAE stage's step and its top ops")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 1 or args.repeats < 1 or args.threads < 1:
         parser.error("--steps, --warmup, --repeats and --threads must be >= 1")
+    if args.vae:
+        result = measure_vae(args.steps, args.warmup)
+        print(f"VAE stage (configs/vae-general.toml, batch 8 of 17x64x64, fp32), {result['threads']} threads: "
+              f"{result['stage_s']:.2f} s/step")
+        for op, share, calls in result["top_ops"]:
+            print(f"  {share:5.1f}%  {calls:6d}/step  {op}")
+        return
     if args.child:
         print(json.dumps(measure(args.child, args.cache, args.steps, args.warmup, args.profile, args.sets)))
         return

@@ -251,7 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", type=int, default=16, help="latent channels")
     parser.add_argument("--vae-scale", type=int, nargs=2, default=(4, 4), metavar=("FT", "FS"),
                         help="VAE compression of the mixed batch in (b)")
-    parser.add_argument("--backend", default="auto", help="attention backend: auto|sdpa|flex|varlen|naive")
+    parser.add_argument("--backend", default="auto", help="attention backend: auto|dense|sdpa|flex|varlen|naive")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     parser.add_argument("--timer", default="wall", choices=sorted(CLOCKS),
                         help="wall clock, or process CPU time (steady on a shared CPU with --threads 1)")

@@ -59,7 +59,7 @@ class DiTConfig:
     pooled_text: bool = False             # add the caption's mean state (through an MLP) to the timestep
                                           # embedding that drives adaLN, beside cross-attention (as SD3)
     attention_layout: str = "full"        # "full" spacetime attention | "factorized" spatial/temporal blocks
-    attention_backend: str = "auto"       # see attention.py: auto | sdpa | flex | varlen | naive
+    attention_backend: str = "auto"       # see attention.py: auto | dense | sdpa | flex | varlen | naive
     gradient_checkpointing: bool = False  # recompute each block in backward: ~1/depth the activation memory
     compile: bool = False                 # torch.compile each block's dense math (see DiT.compile_blocks)
 

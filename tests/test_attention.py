@@ -106,7 +106,10 @@ def test_trivial_rows_use_plain_sdpa():
 
 def test_backend_rules_and_errors():
     assert resolve_backend("auto", "cpu") == "dense"  # short rows: one batched masked attention
-    assert resolve_backend("auto", "cpu", pairs=DENSE_MAX_PAIRS + 1) == "varlen"  # long rows: no wasted pairs
+    assert resolve_backend("auto", "cpu", shape=(1, 2048, 2049)) == "varlen"  # long rows: no wasted pairs
+    assert DENSE_MAX_PAIRS < 2048 * 2049
+    assert resolve_backend("auto", "cpu", shape=(2, 80, 80), grad=False) == "dense"  # sampling short clips
+    assert resolve_backend("auto", "cpu", shape=(2, 1280, 1280), grad=False) == "varlen"  # the fused forward
     assert resolve_backend("sdpa", "cpu") == "sdpa"
     with pytest.raises(ValueError, match="attention backend must be one of"):
         resolve_backend("fast", "cpu")

@@ -25,8 +25,10 @@ Backends (all give the same result; tests hold them to the naive loop):
               flash-attn package, detected, never required); elsewhere groups of equal
               (q, k) length are gathered into batches, one SDPA call per distinct length.
     "auto"    CUDA: "varlen" when a flash varlen kernel serves the dtype, else "flex".
-              CPU and other devices: "dense" while the rows are short (R * Sq * Sk up to
-              DENSE_MAX_PAIRS score pairs), else "varlen" (no wasted work on masked pairs).
+              CPU and other devices, training (grad enabled): "dense" while the rows are short
+              (R * Sq * Sk up to DENSE_MAX_PAIRS score pairs), else "varlen". Without grad
+              (sampling) "dense" only for rows of up to DENSE_MAX_ROW_PAIRS_NO_GRAD pairs: there
+              the fused SDPA forward is 3x faster at 1280 tokens, and dense only at ~80.
 
 The mask metadata depends only on the ids, so a model builds one `AttentionPlan`
 per forward with `make_plan` and reuses it in every layer.
@@ -44,6 +46,7 @@ BACKENDS = ("auto", "dense", "sdpa", "flex", "varlen", "naive")
 # "auto" on CPU uses "dense" up to this many (row, query, key) score pairs: 4M pairs are 16 MB of
 # fp32 scores per head, e.g. 32 rows of 362 tokens, or the 2 x 1280 tokens of a guided 17x256x256 clip.
 DENSE_MAX_PAIRS = 1 << 22
+DENSE_MAX_ROW_PAIRS_NO_GRAD = 256 * 256  # per row, without grad (generation): see "auto" above
 
 
 def _torch_varlen():
@@ -69,16 +72,18 @@ def varlen_kernel_available(device: torch.device | str, dtype: torch.dtype) -> b
 
 
 def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype = torch.float32,
-                    pairs: int = 0) -> str:
-    """The concrete backend "auto" stands for on this device and dtype for `pairs` = R * Sq * Sk
-    score pairs (see module docstring)."""
+                    shape: tuple[int, int, int] = (1, 1, 1), grad: bool = True) -> str:
+    """The concrete backend "auto" stands for on this device and dtype, for rows, query and key
+    lengths `shape` = (R, Sq, Sk), with or without autograd (see module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
     if torch.device(device).type == "cuda":
         return "varlen" if varlen_kernel_available(device, dtype) else "flex"
-    return "dense" if pairs <= DENSE_MAX_PAIRS else "varlen"
+    r, sq, sk = shape
+    short = r * sq * sk <= DENSE_MAX_PAIRS and (grad or sq * sk <= DENSE_MAX_ROW_PAIRS_NO_GRAD)
+    return "dense" if short else "varlen"
 
 
 @dataclass
@@ -185,8 +190,8 @@ def make_plan(q_ids: torch.Tensor, kv_ids: torch.Tensor | None = None, backend: 
     """
     kv_ids = q_ids if kv_ids is None else kv_ids
     _check_ids(q_ids, kv_ids)
-    pairs = q_ids.shape[0] * q_ids.shape[1] * kv_ids.shape[1]
-    plan = AttentionPlan(resolve_backend(backend, q_ids.device, dtype, pairs), q_ids, kv_ids)
+    shape = (q_ids.shape[0], q_ids.shape[1], kv_ids.shape[1])
+    plan = AttentionPlan(resolve_backend(backend, q_ids.device, dtype, shape, torch.is_grad_enabled()), q_ids, kv_ids)
     if plan.backend in ("sdpa", "dense", "varlen"):
         # One id per row, same on both sides and no padding: no mask needed at all.
         plan.trivial = bool((q_ids >= 0).all() and (kv_ids >= 0).all()

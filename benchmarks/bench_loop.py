@@ -44,7 +44,7 @@ SHAPES = {  # name -> config overrides on configs/shapes-world.toml
 def base_sets(cache: Path | None) -> list[str]:
     """Overrides of every measurement: the shipped VAE, the cache (None: while building it), no real samples."""
     return [f'vae.path="{VAE}"', *([f'data.cache="{cache}"'] if cache else []), "train.sample_prompts=[\"a red circle\"]",
-            "train.sample_steps=1", "train.checkpoint_every=100000", "train.ema_decay=0.999"]
+            "train.sample_steps=1", "train.checkpoint_every=100000"]
 
 
 def ensure_cache(cache: Path, items: int) -> None:

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from patchflow.checkpoint import list_checkpoints, load_checkpoint
+from patchflow.data.shapes import render_scene
 from patchflow.evaluate import evaluate_video
 from patchflow.flow import flow_matching_loss
 from patchflow.model_eval import FRAMES, SIZE, build_items
-from patchflow.data.shapes import render_scene
 from patchflow.patches import pack
 from patchflow.pipeline import VideoPipeline
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import attention as attention_module
 from .attention import AttentionPlan
-from .rope import _rotate, apply_rope
+from .rope import apply_rope, rotate
 from .sequence_parallel import all_to_all
 
 
@@ -70,7 +70,7 @@ class _NormRope(torch.autograd.Function):
             n = xf.mul_(r)                                                 # normalised, in place
             y = n * weight.to(wide)
             if cos is not None:
-                y = _rotate(y, cos.to(wide), sin.to(wide))
+                y = rotate(y, cos.to(wide), sin.to(wide))
         ctx.save_for_backward(n, r, weight, cos, sin)
         return y.to(x.dtype)
 
@@ -80,7 +80,7 @@ class _NormRope(torch.autograd.Function):
         with torch.autocast(grad.device.type, enabled=False):
             g = grad.to(n.dtype, copy=True)                                # ours to change in place
             if cos is not None:
-                g = _rotate(g, cos.to(n.dtype), -sin.to(n.dtype))
+                g = rotate(g, cos.to(n.dtype), -sin.to(n.dtype))
             g_w = (g * n).sum(tuple(range(g.dim() - 1)))
             g_n = g.mul_(weight.to(n.dtype))
             g_x = g_n.sub_(n * (g_n * n).mean(-1, keepdim=True)).mul_(r)

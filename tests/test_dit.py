@@ -250,3 +250,20 @@ def test_bench_dit_against_diffusers_wan():
                        compare_padding=False)
     assert result["diffusers_wan_tokens_per_s"] > 0 and result["speedup_vs_diffusers"] > 0
     assert result["diffusers_wan_params"] > 0
+
+
+def test_x_prediction_returns_the_velocity_of_its_clean_estimate():
+    # prediction="x": the network's output is read as x0 and forward returns v = (x_t - x0) / t, so a
+    # perfect x0 gives the exact velocity target; given (t = 0) tokens and padding get velocity 0.
+    latents, text, mask, _, packed = _batch()
+    model = random_tiny_dit(TEXT_DIM, 0, attention_backend="naive", prediction="x").eval()
+    plain = random_tiny_dit(TEXT_DIM, 0, attention_backend="naive").eval()
+    with torch.no_grad():
+        x0_hat = plain.forward_packed(packed, text, mask)  # same weights: the raw output is x0
+        v = model.forward_packed(packed, text, mask)
+    t = packed.timesteps.clamp(min=0.05)[..., None]
+    expected = (packed.tokens - x0_hat) / t * ((packed.sample_ids >= 0) & (packed.timesteps > 0))[..., None]
+    assert torch.allclose(v, expected, atol=1e-4)
+    assert (v[packed.cond_mask] == 0).all() and (v[packed.sample_ids < 0] == 0).all() and v.abs().max() > 0
+    with pytest.raises(ValueError, match="prediction"):
+        dit_config("tiny", prediction="eps")

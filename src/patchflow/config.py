@@ -123,6 +123,9 @@ class VAESection:
     def build(self) -> VAEConfig:
         """The VAE config of the preset and fields (a `path` is loaded by the caller)."""
         base = dataclasses.asdict(VAE_PRESETS[self.preset or "tiny"]())
+        if self.overrides.get("latent_channels", base["latent_channels"]) != base["latent_channels"]:
+            for stat in ("latent_mean", "latent_std", "latent_whiten"):  # sized for the preset's channels
+                base[stat] = []
         return config_from_dict(VAEConfig, {**base, **self.overrides})
 
 

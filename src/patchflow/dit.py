@@ -44,6 +44,9 @@ from .rope import rope_axis_dims, rope_cos_sin
 from .weights import load_component, save_component
 
 
+X_PREDICTION_MIN_T = 0.05  # x-prediction divides by t; below this the velocity's weight stops growing
+
+
 @dataclass
 class DiTConfig:
     in_channels: int = 16                 # latent channels C of the VAE
@@ -62,6 +65,9 @@ class DiTConfig:
     attention_backend: str = "auto"       # see attention.py: auto | dense | sdpa | flex | varlen | naive
     gradient_checkpointing: bool = False  # recompute each block in backward: ~1/depth the activation memory
     compile: bool = False                 # torch.compile each block's dense math (see DiT.compile_blocks)
+    prediction: str = "v"                 # "v": the network outputs the velocity; "x": it outputs the clean
+                                          # tokens x0 and forward returns v = (x_t - x0) / max(t, 0.05), so the
+                                          # loss and the samplers are unchanged (x-prediction with a v-loss, JiT)
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)
@@ -75,6 +81,8 @@ class DiTConfig:
         rope_axis_dims(self.hidden_size // self.num_heads)  # head dim must be even and >= 6
         if self.attention_layout not in ("full", "factorized"):
             raise ValueError(f"attention_layout must be 'full' or 'factorized', got {self.attention_layout!r}")
+        if self.prediction not in ("v", "x"):
+            raise ValueError(f"prediction must be 'v' (velocity) or 'x' (clean latents), got {self.prediction!r}")
         if self.attention_backend not in BACKENDS:
             raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
 
@@ -279,6 +287,9 @@ class DiT(nn.Module):
             else:
                 h = block(h, temb, onehot, rope, text_tokens, plans)
         out = self.final(h, temb, onehot)                                  # [R, S, Dout]
+        if c.prediction == "x":  # out is x0: the velocity of the straight path through x_t
+            out = (x.to(out.dtype) - out) / t.clamp(min=X_PREDICTION_MIN_T)[..., None].to(out.dtype)
+            return out * ((sample_ids >= 0) & (t > 0))[..., None]          # clean (given) tokens: no motion
         return out * (sample_ids >= 0)[..., None]                          # padding predicts exactly 0
 
     def forward_packed(self, packed, text: torch.Tensor, text_mask: torch.Tensor | None = None,

@@ -46,7 +46,7 @@ def run_probe(args) -> dict:
     from patchflow.pipeline import VideoPipeline
     from patchflow.train import train
 
-    base = [f'vae.path="{VAE}"']
+    base = [f'vae.path="{args.vae}"']
     if not (args.cache / "meta.json").is_file():
         print(f"building a {args.items}-clip cache in {args.cache} ...", flush=True)
         build_cache(load_config(args.config, base), args.cache, args.items)
@@ -100,6 +100,8 @@ def main() -> None:
                         help="the lever: a config override, as for `patchflow train` (repeatable)")
     parser.add_argument("--config", type=Path, default=ROOT / "configs/shapes-world.toml")
     parser.add_argument("--cache", type=Path, default=ROOT / "cache/sw15k", help="latent cache (built once)")
+    parser.add_argument("--vae", type=Path, default=VAE, help="the VAE folder the cache is made with "
+                        "(default: the shipped general VAE)")
     parser.add_argument("--items", type=int, default=15000, help="clips in a new cache (default 15000)")
     parser.add_argument("--count", type=int, default=48, help="held-out prompts judged (default 48)")
     parser.add_argument("--sample-steps", type=int, default=20, help="Euler steps per video (default 20)")

@@ -35,7 +35,7 @@ from patchflow.data.build import StepSampler, build_dataset, collate
 from patchflow.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across, unwrap, wrap_model
 from patchflow.flow import loss_by_t_bin
 from patchflow.hardware import peak_flops
-from patchflow.train_stages import DiTStage, Stage, VAEStage
+from patchflow.train_stages import STAGES, Stage
 from patchflow.weights import atomic_write_bytes
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,16 +117,8 @@ def check_config(config: Config, stage: str) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
     if not 0 <= tc.token_drop < 1:
         raise ValueError(f"train.token_drop must be in [0, 1), got {tc.token_drop}")
-    if stage not in ("dit", "vae"):
-        raise ValueError(f"stage must be 'dit' or 'vae', got {stage!r}")
-
-
-def check_data_geometry(config: Config, vae, patch: tuple = (1, 1, 1)) -> None:
-    """Clip lengths and sizes the VAE (and DiT patch) can take, before any step runs."""
-    for f in config.data.frames:
-        vae.check_frames(f, patch[0], name="data.frames")
-    for h, w in config.data.sizes:
-        vae.check_size(h, w, patch[1:], names=("data.sizes height", "data.sizes width"))
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
 
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
@@ -160,7 +152,8 @@ class Run:
 
 
 def train(stage_name: str, config: Config, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train `stage_name` ("vae" or "dit") per `config` into run folder `out`; returns `out/final`."""
+    """Train the stage `stage_name` (a key of train_stages.STAGES) per `config` into run folder `out`;
+    returns `out/final`."""
     check_config(config, stage_name)
     tc, out = config.train, Path(out)
     info = init_distributed(tc.device)
@@ -170,7 +163,7 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
     start = _resume(run, checkpoints[-1]) if resume else 0
     log_path = _open_run_folder(out, stage_name, config, info, resume, start)
     loader = _batches(config, stage_name, run.data_info, start)
-    peak = peak_flops(str(info.device), run.dtype) if stage_name == "dit" else 0.0
+    peak = peak_flops(str(info.device), run.dtype) if run.stage.reports_mfu else 0.0
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and info.is_main), desc=f"train {stage_name}",
                dynamic_ncols=True)
     stop = StopSignal()
@@ -204,13 +197,10 @@ def _setup(stage_name: str, config: Config, info: DistInfo) -> Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(tc.seed)  # the same seed on every rank gives identical initial weights
     random.seed(tc.seed)
-    stage = (DiTStage if stage_name == "dit" else VAEStage)(config, info.device)
+    stage = STAGES[stage_name](config, info.device)
     model = stage.model.to(info.device)
     data_info = _sequence_parallel(stage, tc.sequence_parallel, info)
-    if stage_name == "dit":
-        check_data_geometry(config, stage.vae, model.config.patch_size)
-    elif config.data.dataset == "shapes":
-        check_data_geometry(config, model)
+    stage.check_geometry()
     if tc.compile:
         stage.compile()
     frozen = freeze_parameters(model, tc.freeze)
@@ -234,8 +224,8 @@ def _sequence_parallel(stage: Stage, p: int, info: DistInfo) -> DistInfo:
         return info
     from patchflow.sequence_parallel import sequence_parallel_mesh
 
-    if stage.name != "dit":
-        raise ValueError("train.sequence_parallel applies to the DiT stage only")
+    if not stage.sequence_parallel:
+        raise ValueError(f"train.sequence_parallel applies to the DiT stage only, not {stage.name!r}")
     stage.enable_sequence_parallel(sequence_parallel_mesh(p, info.device.type)["sp"].get_group())
     return DistInfo(info.rank // p, info.world_size // p, info.local_rank, info.device)
 
@@ -337,9 +327,9 @@ def _forward_backward(run: Run, loader, step: int, tc, log: _Log) -> tuple[float
         # mean over the P ranks of a group (the logged mean) is the batch loss.
         step_loss += loss.item() / tc.grad_accum
         tokens += n
-        if run.stage.name == "dit":
-            flops += 3 * run.stage.model.estimate_flops(logs["lengths"], text_len=logs["text_len"])
-            log.add_loss_by_t(logs["t"], logs["per_sample"])
+        flops += run.stage.step_flops(logs)
+        if (by_t := run.stage.timestep_losses(logs)) is not None:
+            log.add_loss_by_t(*by_t)
     return step_loss, tokens, finite, logs, flops
 
 

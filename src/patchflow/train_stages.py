@@ -51,6 +51,14 @@ def _by_shape(videos: list[torch.Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
+def check_data_geometry(config: Config, vae: VideoVAE, patch: tuple = (1, 1, 1)) -> None:
+    """Clip lengths and sizes the VAE (and DiT patch) can take, before any step runs."""
+    for f in config.data.frames:
+        vae.check_frames(f, patch[0], name="data.frames")
+    for h, w in config.data.sizes:
+        vae.check_size(h, w, patch[1:], names=("data.sizes height", "data.sizes width"))
+
+
 @torch.no_grad()
 def object_tokens(packed, threshold: float) -> torch.Tensor:
     """Tokens unlike their frame's background: bool [R, S], True where a token's latent lies more than
@@ -85,6 +93,24 @@ class Stage(ABC):
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Write the trained component(s) with weights `model_state` into the folder `final`."""
 
+    reports_mfu = False  # its steps' FLOPs are counted (step_flops), so the log shows model FLOPs utilisation
+    sequence_parallel = False  # it can shard a batch's tokens over ranks (train.sequence_parallel > 1)
+
+    def check_geometry(self) -> None:
+        """Refuse, before any step runs, clip lengths and sizes the stage's models cannot take."""
+
+    def step_flops(self, logs: dict) -> float:
+        """Training FLOPs (forward and backward) of the micro-batch that returned `logs`; 0 if not counted."""
+        return 0.0
+
+    def timestep_losses(self, logs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(t [B], per-sample loss [B]) of the micro-batch for the loss-by-timestep log; None if it has none."""
+        return None
+
+    def enable_sequence_parallel(self, group) -> None:
+        """Shard each batch's token sequence over `group`; only stages with `sequence_parallel` can."""
+        raise NotImplementedError(f"the {self.name} stage has no sequence parallelism")
+
     def compile(self) -> None:
         """torch.compile what pays off (train.compile); nothing by default."""
 
@@ -105,6 +131,7 @@ class Stage(ABC):
 
 class DiTStage(Stage):
     name = "dit"
+    reports_mfu = sequence_parallel = True
 
     def __init__(self, config: Config, device: torch.device):
         self.config, self.device = config, device
@@ -124,6 +151,15 @@ class DiTStage(Stage):
         """Shard each packed batch's tokens over `group` (the ranks of one sequence-parallel group)."""
         self.model.enable_sequence_parallel(group)
         self.sp_group = group
+
+    def check_geometry(self) -> None:
+        check_data_geometry(self.config, self.vae, self.model.config.patch_size)
+
+    def step_flops(self, logs: dict) -> float:
+        return 3 * self.model.estimate_flops(logs["lengths"], text_len=logs["text_len"])
+
+    def timestep_losses(self, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return logs["t"], logs["per_sample"]
 
     def compile(self) -> None:
         self.model.compile_blocks()
@@ -235,6 +271,10 @@ class VAEStage(Stage):
                                               betas=tuple(config.train.betas), weight_decay=0.0)
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    def check_geometry(self) -> None:
+        if self.config.data.dataset == "shapes":  # footage and folders are resized to fit
+            check_data_geometry(self.config, self.model)
+
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
         videos = batch["video"]
@@ -331,3 +371,7 @@ def _contact_sheet(videos: list, captions: list[str], path: Path, columns: int =
         strips.append(np.concatenate([video[i] for i in picks], axis=1)[None])  # (1, H, k*W, 3)
     sheet = video_grid(strips, captions, cols=1)[0]
     Image.fromarray(sheet).save(path)
+
+
+# The stages `patchflow train STAGE` knows, by name (as DiT's DiT_models names its configs).
+STAGES: dict[str, type[Stage]] = {"dit": DiTStage, "vae": VAEStage}

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from patchflow.cache import build_cache
+from patchflow.data.cache import build_cache
 from patchflow.config import load_config
-from patchflow.data.build import CachedLatents
+from patchflow.data.cache import CachedLatents, cache_key
 from patchflow.evaluate import evaluate_video
 from patchflow.model_eval import contact_sheet
 from patchflow.pipeline import VideoPipeline
@@ -63,7 +63,7 @@ def main() -> None:
     log = [json.loads(line) for line in (args.out / "run" / "log.jsonl").read_text().splitlines()]
 
     pipe = VideoPipeline.from_pretrained(args.out / "run")
-    data = CachedLatents(cache, config)
+    data = CachedLatents(cache, cache_key(config))
     rows, videos, captions = [], [], []
     for i in range(len(data)):
         item = data[i]

@@ -40,7 +40,7 @@ def loss_by_t(log: list[dict], share: float = 0.1) -> list[float | None]:
 
 
 def run_probe(args) -> dict:
-    from patchflow.cache import build_cache
+    from patchflow.data.cache import build_cache
     from patchflow.config import load_config
     from patchflow.model_eval import evaluate_row
     from patchflow.pipeline import VideoPipeline

@@ -170,7 +170,7 @@ def test_config_errors_name_the_valid_keys(tmp_path):
 
 
 def test_cache_then_train(tmp_path):
-    from patchflow.cache import build_cache
+    from patchflow.data.cache import build_cache
 
     sets = [*FAST, "train.steps=2"]
     build_cache(load_config(TINY, sets), tmp_path / "cache", items=6, progress=False)
@@ -184,8 +184,7 @@ def test_cache_then_train(tmp_path):
 
 
 def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
-    from patchflow.cache import build_cache
-    from patchflow.data.build import CachedLatents
+    from patchflow.data.cache import CachedLatents, build_cache, cache_key
     from patchflow.vae import VAE_PRESETS, VideoVAE
 
     vae = VideoVAE(VAE_PRESETS["tiny"]())
@@ -195,15 +194,15 @@ def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
     config = load_config(TINY, [*sets, f"data.cache=\"{tmp_path / 'cache'}\""])
     vae.set_latent_stats([0.5] * 4, [2.0] * 4)  # raw posteriors are cached; statistics apply at load time
     vae.save_pretrained(tmp_path / "vae")
-    assert len(CachedLatents(tmp_path / "cache", config)) == 2
+    assert len(CachedLatents(tmp_path / "cache", cache_key(config))) == 2
     # The same VAE named by another spelling of its path (relative to the working folder) is the same cache.
     relative = os.path.relpath(tmp_path / "vae")
-    assert len(CachedLatents(tmp_path / "cache", load_config(TINY, [*FAST, f'vae.path="{relative}"']))) == 2
+    assert len(CachedLatents(tmp_path / "cache", cache_key(load_config(TINY, [*FAST, f'vae.path="{relative}"'])))) == 2
     with torch.no_grad():
         next(vae.parameters()).add_(0.1)  # the same folder, retrained: its old latents are stale
     vae.save_pretrained(tmp_path / "vae")
     with pytest.raises(ValueError, match="other data, VAE"):
-        CachedLatents(tmp_path / "cache", config)
+        CachedLatents(tmp_path / "cache", cache_key(config))
 
 
 def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):

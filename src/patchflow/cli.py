@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from patchflow.cache import build_cache
+    from patchflow.data.cache import build_cache
     from patchflow.config import load_config
 
     config = load_config(args.config, args.set or [])

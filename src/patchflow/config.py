@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from patchflow.data.io import RESIZE_MODES
 from patchflow.data.shapes import SPLITS
 from patchflow.dit import DIT_PRESETS, DiTConfig, dit_config
 from patchflow.flow import FlowConfig
 from patchflow.prompts import DEFAULT_CAPTION_WEIGHTS
 from patchflow.text import check_text_encoder_spec
-from patchflow.vae import VAE_PRESETS, VAEConfig
+from patchflow.vae import VAE_PRESETS, VAEConfig, VideoVAE
 from patchflow.vae_loss import VAELossConfig
 from patchflow.weights import config_from_dict
 
@@ -120,8 +122,13 @@ class VAESection:
         return {**({"path": self.path} if self.path else {}), **({"preset": self.preset} if self.preset else {}),
                 **self.overrides}
 
+    def load(self, device: torch.device | str = "cpu") -> VideoVAE:
+        """The VAE this table names on `device`: the trained folder `path`, or a freshly initialised preset."""
+        vae = VideoVAE.from_pretrained(self.path) if self.path else VideoVAE(self.build())
+        return vae.to(device)
+
     def build(self) -> VAEConfig:
-        """The VAE config of the preset and fields (a `path` is loaded by the caller)."""
+        """The VAE config of the preset and fields (a `path` is read by `load`)."""
         base = dataclasses.asdict(VAE_PRESETS[self.preset or "tiny"]())
         if self.overrides.get("latent_channels", base["latent_channels"]) != base["latent_channels"]:
             for stat in ("latent_mean", "latent_std", "latent_whiten"):  # sized for the preset's channels

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from patchflow.checkpoint import EMA, list_checkpoints, load_checkpoint, load_train_state, rng_state, \
     save_checkpoint, set_rng_state, train_state
 from patchflow.config import Config
-from patchflow.data.build import StepSampler, build_dataset, collate
+from patchflow.data.build import StepSampler, collate
 from patchflow.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across, unwrap, wrap_model
 from patchflow.flow import loss_by_t_bin
 from patchflow.hardware import peak_flops
@@ -162,7 +162,7 @@ def train(stage_name: str, config: Config, out: str | Path, resume: bool = False
     run = _setup(stage_name, config, info)
     start = _resume(run, checkpoints[-1]) if resume else 0
     log_path = _open_run_folder(out, stage_name, config, info, resume, start)
-    loader = _batches(config, stage_name, run.data_info, start)
+    loader = _batches(run.stage.dataset(), config, run.data_info, start)
     peak = peak_flops(str(info.device), run.dtype) if run.stage.reports_mfu else 0.0
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and info.is_main), desc=f"train {stage_name}",
                dynamic_ncols=True)
@@ -257,10 +257,9 @@ def _open_run_folder(out: Path, stage_name: str, config: Config, info: DistInfo,
     return log_path
 
 
-def _batches(config: Config, stage_name: str, data_info: DistInfo, start: int):
-    """This process's micro-batches from step `start` on, in StepSampler's order."""
+def _batches(dataset, config: Config, data_info: DistInfo, start: int):
+    """This process's micro-batches of `dataset` from step `start` on, in StepSampler's order."""
     tc = config.train
-    dataset = build_dataset(config, stage_name)
     # Generated datasets are random per index already; files and caches are walked in shuffled epochs.
     shuffle = config.data.dataset == "folder" or bool(config.data.cache)
     sampler = StepSampler(len(dataset), tc.batch_size, tc.grad_accum, data_info, start, tc.steps, tc.seed, shuffle)

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from patchflow.config import Config, VAESection
+from patchflow.config import Config
 from patchflow.data.build import build_dataset
+from patchflow.data.cache import CachedLatents, by_shape, cache_key
 from patchflow.dit import DiT
 from patchflow.flow import flow_matching_loss, sample_timesteps
 from patchflow.patches import pack, pad_batch
@@ -34,21 +36,6 @@ from patchflow.sequence_parallel import shard_packed, shard_sequence
 from patchflow.text import TextEmbeddingCache, TextEncoder, load_text_encoder
 from patchflow.vae import VideoVAE
 from patchflow.vae_loss import VAELoss
-
-
-def load_vae(section: VAESection, device: torch.device) -> VideoVAE:
-    """The [vae] table's model: a trained folder (`path`) or a freshly initialised preset."""
-    if section.path:
-        return VideoVAE.from_pretrained(section.path).to(device)
-    return VideoVAE(section.build()).to(device)
-
-
-def _by_shape(videos: list[torch.Tensor]) -> dict[tuple, list[int]]:
-    """Indices of same-shape clips, so each shape runs as one batch."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, v in enumerate(videos):
-        groups[tuple(v.shape)].append(i)
-    return groups
 
 
 def check_data_geometry(config: Config, vae: VideoVAE, patch: tuple = (1, 1, 1)) -> None:
@@ -111,6 +98,10 @@ class Stage(ABC):
         """Shard each batch's token sequence over `group`; only stages with `sequence_parallel` can."""
         raise NotImplementedError(f"the {self.name} stage has no sequence parallelism")
 
+    def dataset(self) -> Dataset:
+        """What the loop draws batches from: the clips of the [data] table by default."""
+        return build_dataset(self.config.data, self.config.train.seed)
+
     def compile(self) -> None:
         """torch.compile what pays off (train.compile); nothing by default."""
 
@@ -135,7 +126,7 @@ class DiTStage(Stage):
 
     def __init__(self, config: Config, device: torch.device):
         self.config, self.device = config, device
-        self.vae = load_vae(config.vae, device).eval().requires_grad_(False)
+        self.vae = config.vae.load(device).eval().requires_grad_(False)
         self.text_encoder: TextEncoder = load_text_encoder(config.text.encoder, device).eval()
         self.text_encoder.requires_grad_(False)
         self.text = TextEmbeddingCache(Path(config.data.cache) / "text", self.text_encoder) \
@@ -155,6 +146,12 @@ class DiTStage(Stage):
     def check_geometry(self) -> None:
         check_data_geometry(self.config, self.vae, self.model.config.patch_size)
 
+    def dataset(self) -> Dataset:
+        """The clips, or their latents and text states from a `patchflow cache` folder (data.cache)."""
+        if self.config.data.cache:
+            return CachedLatents(self.config.data.cache, cache_key(self.config))
+        return super().dataset()
+
     def step_flops(self, logs: dict) -> float:
         return 3 * self.model.estimate_flops(logs["lengths"], text_len=logs["text_len"])
 
@@ -165,10 +162,15 @@ class DiTStage(Stage):
         self.model.compile_blocks()
 
     @torch.no_grad()
-    def latents(self, videos: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
-        """Normalised VAE latents [C, T', H', W'] per clip (a posterior sample, as in SD/Wan)."""
+    def latents(self, batch: dict, gen: torch.Generator) -> list[torch.Tensor]:
+        """Normalised latents [C, T', H', W'] per clip: a fresh sample of the VAE posterior (as in SD/Wan)
+        of each clip's video, or of its posterior stored in a cache."""
+        if "latent" in batch:
+            return [self.vae.normalize((mean + std * torch.randn(mean.shape, generator=gen))[None].to(self.device))[0]
+                    for mean, std in batch["latent"]]
+        videos = batch["video"]
         out: list[torch.Tensor | None] = [None] * len(videos)
-        for idx in _by_shape(videos).values():
+        for idx in by_shape(videos).values():
             x = torch.stack([videos[i] for i in idx]).to(self.device)  # (n, 3, T, H, W)
             dist = self.vae.encode(x)
             noise = torch.randn(dist.mean.shape, generator=gen).to(self.device)
@@ -184,9 +186,7 @@ class DiTStage(Stage):
         c, d = self.config, self.config.data
         captions = [drop_caption(choose_caption(caps, rng, d.caption_styles), d.caption_dropout, rng)
                     for caps in batch["captions"]]
-        latents = self.latents(batch["video"], gen) if "video" in batch else [
-            self.vae.normalize((mean + std * torch.randn(mean.shape, generator=gen))[None].to(self.device))[0]
-            for mean, std in batch["latent"]]  # from `patchflow cache`: a fresh posterior sample each time
+        latents = self.latents(batch, gen)
         tasks, cond_frames = zip(*(sample_task(z.shape[1], self.tasks, rng, self.model.config.patch_size[0])
                                     for z in latents))
         if c.train.packing == "pack":
@@ -263,7 +263,7 @@ class VAEStage(Stage):
 
     def __init__(self, config: Config, device: torch.device):
         self.config, self.device = config, device
-        self.model = load_vae(config.vae, device)
+        self.model = config.vae.load(device)
         self.loss_fn = VAELoss(config.vae_loss).to(device)
         self.disc_opt = None
         if self.loss_fn.discriminator is not None:
@@ -281,7 +281,7 @@ class VAEStage(Stage):
         last_layer = self.model.decoder.conv_out.conv.weight
         total, logs, pixels = 0.0, defaultdict(float), 0
         self._pairs = []
-        for idx in _by_shape(videos).values():
+        for idx in by_shape(videos).values():
             x = torch.stack([videos[i] for i in idx]).to(self.device)  # (n, 3, T, H, W)
             # Through the (DDP) wrapper so gradients sync; the posterior sample draws from a
             # device generator seeded by the step's generator.
@@ -328,7 +328,7 @@ class VAEStage(Stage):
             # A fixed encoder keeps its latents, so the statistics the DiT was trained with stay valid.
             vae.save_pretrained(final / "vae", dtype=dtype)
             return
-        dataset = build_dataset(self.config, "vae")
+        dataset = self.dataset()
         clips = (dataset[i]["video"] for i in range(min(LATENT_STATS_CLIPS, len(dataset))))
         clips = (c for c in clips if c is not None)
         if vae.config.whiten_latents:

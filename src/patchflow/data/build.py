@@ -1,40 +1,32 @@
-"""The training dataset a config's [data] table names, the order training reads it in, and the reader
-of a `patchflow cache` folder.
+"""The training dataset a config's [data] table names, and the order training reads it in.
 
-    build_dataset(config, "dit")   # Shapes World | folder of videos | footage (+ shapes) | cached latents
+    build_dataset(config.data, seed)   # Shapes World | folder of videos | footage (+ shapes)
     DataLoader(dataset, batch_sampler=StepSampler(...), collate_fn=collate)
 
-Every item is a dict with `captions` and either `video` float [3, T, H, W] in
-[-1, 1] or, from a cache, `latent` (the VAE posterior's mean and std). Generated
-datasets depend only on (seed, index), so any worker count or resume point sees
-the same item for the same index.
+Every item is a dict with `captions` and `video` float [3, T, H, W] in [-1, 1] (a
+`patchflow cache` folder gives `latent` instead: data/cache.py). Generated datasets
+depend only on (seed, index), so any worker count or resume point sees the same
+item for the same index.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 from torch.utils.data import Dataset, Sampler
 
 from patchflow.data.datasets import ShapesDataset
 
 if TYPE_CHECKING:  # only for hints: the data package sits below the config that names it
-    from patchflow.config import Config
+    from patchflow.config import DataConfig
     from patchflow.distributed import DistInfo
 
 
-def build_dataset(config: Config, stage: str) -> Dataset:
-    """The dataset of `config.data` for stage "dit" or "vae" (only the DiT reads `data.cache`)."""
-    d, seed = config.data, config.train.seed
+def build_dataset(d: DataConfig, seed: int) -> Dataset:
+    """The clips the [data] table `d` names (its `cache` is the DiT stage's business: data/cache.py)."""
     sizes = [tuple(s) for s in d.sizes]
-    if d.cache and stage == "dit":
-        return CachedLatents(d.cache, config)
     if d.dataset == "shapes":
         if d.split == "heldout":
             raise ValueError("data.split='heldout' would train on the held-out combinations; use 'train'")
@@ -122,53 +114,3 @@ def collate(items: list) -> dict:
     batch = {key: [it[key] for it in kept] for key in (kept[0] if kept else {"captions": None})}
     batch["skipped"] = len(items) - len(kept)
     return batch
-
-
-# ---------------------------------------------------------------- cached latents
-def _weights_digest(folder: str) -> str:
-    """sha1 of a VAE folder's weights: a VAE retrained at the same path must not reuse an old cache."""
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        return ""  # a missing VAE is reported where it is loaded
-    digest = hashlib.sha1()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_key(config: Config) -> dict:
-    """What a cache depends on: the data section (minus cache/workers), the VAE (its settings and,
-    for a trained one, its weights) and the text encoder. The cache holds raw posteriors, so the
-    VAE's latent statistics (applied at load time by `normalize`) are not part of it."""
-    data = {k: v for k, v in config.to_dict()["data"].items() if k not in ("cache", "workers", "caption_dropout",
-                                                                            "caption_styles", "length")}
-    vae = config.vae.table()
-    if config.vae.path:  # the weights name the VAE; how its path is spelled (relative, absolute) does not
-        vae = {**{k: v for k, v in vae.items() if k != "path"}, "weights": _weights_digest(config.vae.path)}
-    return {"data": data, "vae": vae, "text": config.text.table(), "seed": config.train.seed}
-
-
-class CachedLatents(Dataset):
-    """Items from a `patchflow cache` folder: `{"latent": (mean, std), "captions": {...}}`."""
-
-    def __init__(self, directory: str | Path, config: Config):
-        self.directory = Path(directory)
-        meta_path = self.directory / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"data.cache={directory!s}: no meta.json; run `patchflow cache` first")
-        meta = json.loads(meta_path.read_text())
-        if meta["key"] != cache_key(config):
-            raise ValueError(f"data.cache={directory!s} was made from other data, VAE or text encoder settings; "
-                             "rebuild it with `patchflow cache`")
-        self.files = sorted((self.directory / "latents").glob("*.safetensors"))
-        if not self.files:
-            raise ValueError(f"data.cache={directory!s} holds no latents")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict:
-        with safe_open(str(self.files[index]), "pt") as f:
-            captions = json.loads(f.metadata()["captions"])
-            return {"latent": (f.get_tensor("mean"), f.get_tensor("std")), "captions": captions}

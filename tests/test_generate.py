@@ -51,7 +51,7 @@ def test_generate_rounds_frames_and_takes_tasks(model, tmp_path, capsys):
     out = tmp_path / "i2v.gif"
     with pytest.warns(UserWarning, match="resized"):
         run_generate(_args("x", "-o", out, "--model", model, "--frames", 12, "--image", image, "--seed", 3))
-    assert "--frames 12 rounded to 13" in capsys.readouterr().err
+    assert "note: 12 frames rounded to 13 (the model takes 1 + 4k" in capsys.readouterr().err
     assert read_video(out)[0].shape[0] == 13
     clip = tmp_path / "clip.gif"
     write_video(read_video(out)[0][:5], clip)

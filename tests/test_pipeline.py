@@ -182,6 +182,22 @@ def test_long_video_runs_in_windows_with_bounded_memory(pipe):
     assert np.abs(conn[:5].astype(int) - _round_trip(pipe, _clip(5))).max() <= 1
 
 
+def test_a_checked_request_is_what_the_call_runs(pipe):
+    # check_inputs does every check and decoding once; run generates it; __call__ is the two in a row.
+    req = pipe.check_inputs("a red circle", num_frames=3 * (T - 1) + 1, seed=2, guidance_scale=1.0, **FAST)
+    assert req.windows == [(0, 9), (4, 13), (8, 17), (12, 21), (16, 25)]  # each starts on the last one's 2nd half
+    assert req.total_steps == 5 * 2
+    assert req.notes == [] and req.task == "text-to-video"
+    assert np.array_equal(pipe.run(req), pipe("a red circle", num_frames=25, seed=2, guidance_scale=1.0, **FAST))
+    looped = pipe.check_inputs("x", loop=True, seed=0, **FAST)
+    assert looped.total_steps == 2 * 2  # the clip, then the loop's transition pass
+    with pytest.raises(InputError, match="nearest valid: 9"):
+        pipe.check_inputs("x", num_frames=8, **FAST)
+    rounded = pipe.check_inputs("x", num_frames=8, round_frames=True, **FAST)  # a command line's choice
+    assert rounded.num_frames == 9 and rounded.notes == ["8 frames rounded to 9 (the model takes 1 + 4k "
+                                                         "(1, 5, 9, 13, 17, ...) frames)"]
+
+
 # ---------------------------------------------------------------- saving and loading
 def test_save_load_round_trip(saved, pipe, tmp_path):
     live, folder = saved

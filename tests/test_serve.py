@@ -36,7 +36,8 @@ def client(pipe):
 
 
 class Watched:
-    """The pipeline, counting how many calls run at once; with a gate, each call waits for it to open."""
+    """The pipeline, counting how many generations (`run` calls: what the worker does) run at once; with a
+    gate, each waits for it to open."""
 
     def __init__(self, pipe, gate: threading.Event | None = None):
         self._pipe, self.gate, self.lock = pipe, gate, threading.Lock()
@@ -45,7 +46,7 @@ class Watched:
     def __getattr__(self, name):
         return getattr(self._pipe, name)
 
-    def __call__(self, *args, **kwargs):
+    def run(self, *args, **kwargs):
         with self.lock:
             self.active += 1
             self.calls += 1
@@ -53,7 +54,7 @@ class Watched:
         try:
             if self.gate is not None:
                 assert self.gate.wait(60), "the test never opened the gate"
-            return self._pipe(*args, **kwargs)
+            return self._pipe.run(*args, **kwargs)
         finally:
             with self.lock:
                 self.active -= 1
@@ -370,7 +371,7 @@ def test_job_queue_order_errors_and_eviction():
 
 def test_failed_generation_answers_500(pipe):
     class Broken(Watched):
-        def __call__(self, *args, **kwargs):
+        def run(self, *args, **kwargs):
             raise RuntimeError("out of memory (pretend)")
 
     client = TestClient(create_app(Broken(pipe), Limits(**LIMITS)))

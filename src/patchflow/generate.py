@@ -18,7 +18,6 @@ import argparse
 import re
 import sys
 import time
-import warnings
 from pathlib import Path
 
 OUTPUT_SUFFIXES = (".mp4", ".webm", ".gif", ".png")
@@ -108,42 +107,38 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from patchflow.data.io import write_video
     from patchflow.pipeline import VideoPipeline
-    from patchflow.pipeline_inputs import prompt_unknown_words
-    from patchflow.prompts import PromptWarning, unknown_words_note
-    from patchflow.vae import frames_rule, nearest_valid_frames
+    from patchflow.prompts import unknown_words_note
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = VideoPipeline.from_pretrained(args.model, device=device)
     loaded = time.perf_counter()
-    ft, pt = pipe.vae.config.ft, pipe.transformer.config.patch_size[0]
-    frames = args.frames
-    if frames is not None and frames >= 1 and nearest_valid_frames(frames, ft, pt) != frames:
-        rounded = nearest_valid_frames(frames, ft, pt)
-        print(f"patchflow generate: note: --frames {frames} rounded to {rounded} (the model takes "
-              f"{frames_rule(ft, pt)} frames)", file=sys.stderr)
-        frames = rounded
-    paths = output_paths(args.output, prompts, args.seed, frames or pipe.defaults["num_frames"])
-    for prompt, words in zip(prompts, prompt_unknown_words(pipe, prompts, not args.no_expand)):
-        if words:  # the pipeline's PromptWarning, said as a note before the wait
-            named = f"{prompt!r}: " if len(prompts) > 1 else ""
-            print(f"patchflow generate: note: {named}{unknown_words_note(words)}", file=sys.stderr)
-    fps = args.fps or pipe.defaults["fps"]
-    kwargs = dict(num_frames=frames, height=args.height, width=args.width, num_inference_steps=args.steps,
+    kwargs = dict(num_frames=args.frames, height=args.height, width=args.width, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, negative_prompt=args.negative_prompt, image=args.image,
                   image_frame=args.image_frame, video=args.video, extend=args.extend, end_video=args.end_video,
                   loop=args.loop, strength=args.strength, sampler=args.sampler, expand_prompt=not args.no_expand)
-    for first in range(0, len(prompts), args.batch_size):
-        chunk = prompts[first:first + args.batch_size]
+    # Every batch is checked (and its media read) before the first is generated: a bad argument fails fast.
+    requests = [pipe.check_inputs(prompts[first:first + args.batch_size], seed=args.seed + first,  # prompt i: seed + i
+                                  round_frames=True, **kwargs)
+                for first in range(0, len(prompts), args.batch_size)]
+    for note in requests[0].notes:  # the same for every batch
+        print(f"patchflow generate: note: {note}", file=sys.stderr)
+    unknown = [words for req in requests for words in req.unknown_words]
+    for prompt, words in zip(prompts, unknown):
+        if words:
+            named = f"{prompt!r}: " if len(prompts) > 1 else ""
+            print(f"patchflow generate: note: {named}{unknown_words_note(words)}", file=sys.stderr)
+    paths = output_paths(args.output, prompts, args.seed, requests[0].num_frames)
+    fps = args.fps or pipe.defaults["fps"]
+    done = 0
+    for req in requests:
         t0 = time.perf_counter()
-        seeds = [args.seed + first + i for i in range(len(chunk))]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PromptWarning)  # told above as a note
-            videos = pipe(chunk, seed=seeds, progress=True, **kwargs)
+        videos = pipe.run(req)
         seconds = time.perf_counter() - t0
-        for i, video in enumerate(videos):
-            path = write_video(video, paths[first + i], fps=fps)
+        for video in videos:
+            path = write_video(video, paths[done], fps=fps)
+            done += 1
             print(f"wrote {path} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, "
-                  f"{seconds / len(chunk):.1f}s per video)")
+                  f"{seconds / len(videos):.1f}s per video)")
     total = time.perf_counter() - start
     print(f"done: {len(prompts)} video(s) in {total:.1f}s (model load {loaded - start:.1f}s on {device})")
     return 0

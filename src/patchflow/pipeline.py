@@ -35,16 +35,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from patchflow.data.datasets import to_model_video, to_user_video
+from patchflow.data.video_processing import to_model_video, to_user_video
 from patchflow.dit import DiT
 from patchflow.flow import FlowConfig, sample as flow_sample, shift_for_tokens
 from patchflow.paths import default_model_dir
 from patchflow.patches import pack
 from patchflow.pipeline_inputs import Request, check_request
 from patchflow.prompts import PromptWarning, unknown_words_note
-from patchflow.tasks import context_frames, fill_unknown, frame_mask, latent_frame_mask, plan_windows
+from patchflow.tasks import fill_unknown, frame_mask, latent_frame_mask
 from patchflow.text import TextEncoder, TinyTextEncoder, load_text_encoder
-from patchflow.vae import VideoVAE
+from patchflow.vae import VideoVAE, shape_rules
 from patchflow.weights import atomic_write_bytes, config_from_dict
 
 MODEL_INDEX = "model_index.json"
@@ -244,6 +244,11 @@ class VideoPipeline:
             return self.transformer(x.to(dtype), t.to(dtype), coords, ids, text.to(dtype), text_mask).float()
         return fn
 
+    def shape_rules(self) -> dict:
+        """The frame counts and sizes this model takes, in words and numbers (vae.shape_rules with the DiT's patch)."""
+        c = self.vae.config
+        return shape_rules(c.ft, c.fs, tuple(self.transformer.config.patch_size))
+
     # ------------------------------------------------------------ generation
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_frames: int | None = None, height: int | None = None,
@@ -291,16 +296,31 @@ class VideoPipeline:
         output_type: "np" uint8 [T, H, W, 3] (a list prompt: [B, T, H, W, 3]); "pt" float [(B,) 3, T, H, W]
             in [-1, 1]; "pil" a list of PIL frames (per prompt for a list).
         """
-        req = check_request(self, prompt=prompt, num_frames=num_frames, height=height, width=width,
-                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                            negative_prompt=negative_prompt, seed=seed, generator=generator, image=image,
-                            image_frame=image_frame, video=video, extend=extend, end_video=end_video, loop=loop,
-                            strength=strength, sampler=sampler, shift=shift, expand_prompt=expand_prompt,
-                            output_type=output_type, callback_on_step_end=callback_on_step_end, progress=progress)
+        req = self.check_inputs(prompt, num_frames=num_frames, height=height, width=width,
+                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                negative_prompt=negative_prompt, seed=seed, generator=generator, image=image,
+                                image_frame=image_frame, video=video, extend=extend, end_video=end_video, loop=loop,
+                                strength=strength, sampler=sampler, shift=shift, expand_prompt=expand_prompt,
+                                output_type=output_type, callback_on_step_end=callback_on_step_end,
+                                progress=progress)
         notes = [f"{p!r}: {unknown_words_note(words)}"
                  for p, words in zip([prompt] if req.single else prompt, req.unknown_words) if words]
         if notes:
             warnings.warn("; ".join(notes), PromptWarning, stacklevel=3)  # the caller (past no_grad)
+        return self.run(req)
+
+    def check_inputs(self, prompt: str | list[str], *, round_frames: bool = False, **kwargs) -> Request:
+        """Check and load the arguments of `__call__` into a `Request` without generating (as diffusers'
+        `check_inputs`): prompts expanded and judged (`unknown_words`), sizes and frames against the VAE's
+        rules, images and videos decoded and placed, the windows of a long video planned. Raises an
+        `InputError` naming the argument at fault. Front ends show its `unknown_words` and `notes`, then
+        pass it to `run`. round_frames: see `pipeline_inputs.check_request`."""
+        return check_request(self, prompt=prompt, round_frames=round_frames, **kwargs)
+
+    @torch.no_grad()
+    def run(self, req: Request):
+        """Generate a checked request (from `check_inputs`); returns what `__call__` returns. A request
+        draws its noise from its own generators, so run it once."""
         with self._eval_mode():
             videos = self._generate(req)  # (B, T, H, W, 3) uint8
         if req.output_type == "pt":
@@ -320,9 +340,7 @@ class VideoPipeline:
         canvas, given = req.canvas.copy(), req.given
         out = np.zeros_like(canvas)
         done = torch.zeros_like(given)
-        total, ft = req.num_frames, self.vae.config.ft
-        overlap = context_frames(req.window, ft, req.direction) if total > req.window else 0
-        spans = plan_windows(total, req.window, overlap, req.direction)
+        total, spans = req.num_frames, req.windows
         steps_done = 0
         for start, stop in tqdm(spans, desc="windows", disable=not req.progress or len(spans) == 1, leave=False):
             known = given[start:stop] | done[start:stop]
@@ -383,17 +401,8 @@ class VideoPipeline:
 
 
 def _saved_world(folder: Path, index: dict) -> str | None:
-    """A saved model's world: what its training run drew captions from (the run's config.json, when
-    `folder` is its final/), else the index's "world", else "shapes" (the built-in world).
-
-    The run's record comes first: the training loop saves pipelines without naming their world."""
-    try:
-        run = json.loads((folder.parent / "config.json").read_text())
-        dataset = run["data"]["dataset"] if run.get("stage") == "dit" else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        dataset = None
-    if isinstance(dataset, str):
-        return "shapes" if dataset == "shapes" else None
+    """A saved model's world: the index's "world" (the training loop writes what its captions came from),
+    "shapes" (the built-in world) for folders saved before the index named it."""
     world = index.get("world", "shapes")
     if world not in WORLDS:
         raise ValueError(f"{folder / MODEL_INDEX}: world must be \"shapes\" or null, got {world!r}")

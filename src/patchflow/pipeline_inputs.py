@@ -21,9 +21,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from patchflow.data.io import check_video, read_image, read_video, resize_video
+from patchflow.data.video_processing import fit_frames, load_image, load_video
 from patchflow.prompts import expand_prompt as expand_rule, unknown_words
-from patchflow.tasks import (covered_pixels, latent_frame_mask, loop_plan, place_conditions)
+from patchflow.tasks import (context_frames, covered_pixels, latent_frame_mask, loop_plan, place_conditions,
+                             plan_windows)
+from patchflow.vae import frames_rule, nearest_valid_frames
 
 SAMPLERS = ("euler", "heun")
 OUTPUT_TYPES = ("np", "pt", "pil")
@@ -50,6 +52,7 @@ class Request:
     direction: str                     # "forward", or "backward" when only the end is given
     loop: tuple[int, int, int] | None  # loop_plan (c, g, e), or None
     window: int                        # the trained clip length: longer videos go window by window
+    windows: list[tuple[int, int]]     # the frame spans [start, stop) generated one after another
     generators: list[torch.Generator]  # one per sample (or one shared by all)
     output_type: str
     single: bool                       # prompt was a string: return one video, not a batch
@@ -57,6 +60,12 @@ class Request:
                                        # connect or edit
     callback: Callable | None
     progress: bool
+    notes: list[str]                   # what was adjusted for the caller to show (a frame count rounded)
+
+    @property
+    def total_steps(self) -> int:
+        """Sampler steps of the whole request: one pass per window, one more for a loop's transition."""
+        return self.steps * (len(self.windows) + (self.loop is not None))
 
 
 # ---------------------------------------------------------------- errors
@@ -74,11 +83,14 @@ class InputTypeError(InputError, TypeError):
 
 @contextmanager
 def _about(field: str):
-    """Re-raise a plain ValueError from a shared rule (vae.py, tasks.py, io) as an InputError on `field`."""
+    """Re-raise a plain ValueError (TypeError) from a shared rule (vae.py, tasks.py, video processing) as an
+    InputError (InputTypeError) on `field`."""
     try:
         yield
     except InputError:
         raise
+    except TypeError as e:
+        raise InputTypeError(field, str(e)) from None
     except ValueError as e:
         raise InputError(field, str(e)) from None
 
@@ -102,34 +114,6 @@ def _base(name: str) -> str:
     return name.split("[")[0]  # "image[1]" -> "image"
 
 
-def load_image(image: Any, name: str = "image") -> np.ndarray:
-    """A path, PIL image or uint8 array [H, W, 3] -> np.uint8 [H, W, 3]."""
-    if isinstance(image, (str, os.PathLike)):
-        return np.array(read_image(image))  # names the file when missing or unreadable; a writable copy
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        return np.array(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim == 4 and image.shape[0] == 1:
-            image = image[0]
-        if image.ndim != 3:
-            raise InputError(_base(name), f"{name} must be one image [H, W, 3], got shape {image.shape}")
-        return check_video(image)[0]
-    raise InputTypeError(_base(name), f"{name} must be a file path, a PIL image or a uint8 array [H, W, 3], "
-                                      f"got {type(image).__name__}")
-
-
-def load_video(video: Any, name: str = "video") -> np.ndarray:
-    """A path, a list of PIL frames or a uint8 array [T, H, W, 3] -> np.uint8 [T, H, W, 3]."""
-    if isinstance(video, (str, os.PathLike)):
-        return read_video(video)[0]
-    if isinstance(video, (list, tuple)) and video and all(hasattr(f, "convert") for f in video):
-        return np.stack([np.array(f.convert("RGB")) for f in video])
-    if isinstance(video, np.ndarray):
-        return check_video(video)
-    raise InputTypeError(_base(name), f"{name} must be a file path, a list of PIL images or a uint8 array "
-                                      f"[T, H, W, 3], got {type(video).__name__}")
-
-
 def _per_sample(value: Any, batch: int, loader: Callable, name: str, is_single: Callable) -> list[np.ndarray] | None:
     """One input for every prompt, or a list with one per prompt."""
     if value is None:
@@ -151,19 +135,6 @@ def _single_video(x: Any) -> bool:
     if isinstance(x, (str, os.PathLike)) or isinstance(x, np.ndarray):
         return True
     return isinstance(x, (list, tuple)) and bool(x) and all(hasattr(f, "convert") for f in x)  # PIL frames
-
-
-def _fit(frames: list[np.ndarray], height: int, width: int, name: str) -> list[np.ndarray]:
-    """Resize [.., H, W, 3] inputs to the canvas size (centre crop), saying so."""
-    out = []
-    for i, f in enumerate(frames):
-        if f.shape[-3:-1] != (height, width):
-            warnings.warn(f"{name} is {f.shape[-2]}x{f.shape[-3]}, resized (scale and centre crop) to "
-                          f"{width}x{height}", stacklevel=4)
-            f = resize_video(f if f.ndim == 4 else f[None], height, width)
-            f = f if frames[i].ndim == 4 else f[0]
-        out.append(f)
-    return out
 
 
 # ---------------------------------------------------------------- the small checks
@@ -305,9 +276,19 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
                   guidance_scale=None, negative_prompt=None, seed=None, generator=None, image=None,
                   image_frame=0, video=None, extend=None, end_video=None, loop=False, strength=None,
                   sampler=None, shift=None, expand_prompt=True, output_type="np", callback_on_step_end=None,
-                  progress=True) -> Request:
-    """Check every argument of `VideoPipeline.__call__` (documented there) and load its inputs."""
-    d, ft = pipe.defaults, pipe.vae.config.ft
+                  progress=True, round_frames=False) -> Request:
+    """Check every argument of `VideoPipeline.__call__` (documented there) and load its inputs.
+
+    round_frames: take an int num_frames the model cannot take as the nearest one it can, saying so
+    in `Request.notes` (for command lines); otherwise such a count is refused, naming the nearest.
+    """
+    d, ft, pt = pipe.defaults, pipe.vae.config.ft, pipe.transformer.config.patch_size[0]
+    notes = []
+    if round_frames and isinstance(num_frames, int) and not isinstance(num_frames, bool) and num_frames >= 1:
+        rounded = nearest_valid_frames(num_frames, ft, pt)
+        if rounded != num_frames:
+            notes.append(f"{num_frames} frames rounded to {rounded} (the model takes {frames_rule(ft, pt)} frames)")
+            num_frames = rounded
     prompts, negative = check_text(prompt=prompt, negative_prompt=negative_prompt)
     batch = len(prompts)
     steps, guidance, sampler = check_sampler(defaults=d, num_inference_steps=num_inference_steps,
@@ -341,9 +322,9 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
         loop_spec = loop_plan(num_frames, d["num_frames"], ft) if loop else None  # its own window: a transition
 
     # the canvas of given frames (checked against the latent grouping of the causal VAE)
-    images = images and _fit(images, height, width, "image")
-    videos = videos and _fit(videos, height, width, "video")
-    ends = ends and _fit(ends, height, width, "end_video")
+    images = images and fit_frames(images, height, width, "image")
+    videos = videos and fit_frames(videos, height, width, "video")
+    ends = ends and fit_frames(ends, height, width, "end_video")
     source = None
     if strength is not None:
         source, videos = np.stack([v[:num_frames] for v in videos]), None
@@ -365,9 +346,12 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
     unknown = prompt_unknown_words(pipe, prompts, expand_prompt)
     prompts = [expand_rule(p) for p in prompts] if expand_prompt else prompts
     task = "text-to-image" if task == "text-to-video" and num_frames == 1 else task
+    direction = "backward" if extend == "backward" else "forward"
+    overlap = context_frames(window, ft, direction) if num_frames > window else 0
+    windows = plan_windows(num_frames, window, overlap, direction)
     return Request(prompts=prompts, unknown_words=unknown, negative=negative, num_frames=num_frames,
                    height=height, width=width, steps=steps, guidance=guidance, sampler=sampler, shift=shift,
                    canvas=canvas, given=given, source=source, strength=1.0 if strength is None else float(strength),
-                   direction="backward" if extend == "backward" else "forward", loop=loop_spec, window=window,
-                   generators=gens, output_type=output_type, single=isinstance(prompt, str), task=task,
-                   callback=callback_on_step_end, progress=progress)
+                   direction=direction, loop=loop_spec, window=window,
+                   windows=windows, generators=gens, output_type=output_type, single=isinstance(prompt, str),
+                   task=task, callback=callback_on_step_end, progress=progress, notes=notes)

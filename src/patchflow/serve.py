@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.parse
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,14 +68,13 @@ def create_app(pipe, limits: Limits | None = None, fps: float | None = None):
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    from patchflow.vae import shape_rules
-
     limits = limits or Limits()
     fps = float(fps or pipe.defaults["fps"])
     static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
 
     def run(job: Job) -> bytes:
-        video = pipe(**job.params, callback_on_step_end=job.on_step, progress=False)  # (T, H, W, 3)
+        request = replace(job.params["request"], callback=job.on_step)  # checked when it was queued
+        video = pipe.run(request)  # (T, H, W, 3)
         return encode_mp4(video, fps)
 
     queue = JobQueue(run, max_queue=limits.max_queue, max_results=limits.max_results)
@@ -98,7 +97,7 @@ def create_app(pipe, limits: Limits | None = None, fps: float | None = None):
         fields, form = await read_fields(request, limits.max_body_bytes)
         gen = await run_in_threadpool(parse_generation, fields, pipe, limits, form)  # decoding is CPU work
         try:
-            return queue.submit(gen.kwargs, gen.total_steps, gen.summary)
+            return queue.submit({"request": gen.request}, gen.request.total_steps, gen.summary)
         except QueueFull as e:
             raise ApiError(429, "queue", str(e)) from None
 
@@ -114,12 +113,11 @@ def create_app(pipe, limits: Limits | None = None, fps: float | None = None):
 
     @app.get("/api/health")
     async def health():
-        cfg, patch = pipe.vae.config, tuple(pipe.transformer.config.patch_size)
         return {"status": "ok", "model_loaded": True, "queue_length": queue.pending(),
                 "limits": asdict(limits), "fps": fps,
                 "defaults": {k: pipe.defaults[k] for k in ("num_frames", "height", "width", "guidance_scale")}
                 | {"steps": pipe.defaults["num_inference_steps"]},
-                "rules": shape_rules(cfg.ft, cfg.fs, patch)}
+                "rules": pipe.shape_rules()}
 
     @app.post("/api/generate", response_class=Response,
               responses={200: {"content": {"video/mp4": {}}, "description": "the generated video"}})

@@ -4,7 +4,7 @@ A request is a dict of fields (from JSON, or from a multipart form where every v
 and media are file parts). `parse_generation` checks each field against its rule and the server's
 `Limits`, decodes media in memory (never a path: a request cannot name a file on this machine),
 resizes them to the requested size, and lets the pipeline's own checks judge the request
-(`pipeline_inputs`: the fields' rules before decoding, `check_request` on the whole task after).
+(`pipeline_inputs`: the fields' rules before decoding, `VideoPipeline.check_inputs` on the whole task after).
 No rule of the request is restated here: each `InputError` names its argument, which maps to the
 field. Every refusal is an `ApiError` naming the field: 422 for a broken rule, 413 for a value
 over a limit.
@@ -73,11 +73,10 @@ class ApiError(Exception):
 
 @dataclass
 class Generation:
-    """A checked request: the pipeline's keyword arguments, a JSON-safe summary and the step count."""
+    """A checked request: the pipeline's `Request` (media decoded once) and a JSON-safe summary."""
 
-    kwargs: dict[str, Any]      # for VideoPipeline.__call__ (media as uint8 arrays, never paths)
+    request: Any                # pipeline_inputs.Request, for VideoPipeline.run
     summary: dict[str, Any]     # what the status endpoint shows (no media)
-    total_steps: int            # sampler steps over all windows and the loop pass
 
 
 # ---------------------------------------------------------------- one field at a time
@@ -224,8 +223,7 @@ def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = 
     request after. Raises ApiError (422 a broken rule, 413 over a limit), naming the field, before any
     model work.
     """
-    from patchflow.pipeline_inputs import check_geometry, check_request, check_sampler, check_task, check_text
-    from patchflow.tasks import context_frames, plan_windows
+    from patchflow.pipeline_inputs import check_geometry, check_sampler, check_task, check_text
 
     if not isinstance(fields, dict):
         raise ApiError(400, "body", "the body must be a JSON object of fields, e.g. {\"prompt\": \"a red circle\"}")
@@ -234,7 +232,7 @@ def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = 
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise _bad(unknown[0], f"unknown field; known fields: {', '.join(FIELDS)}")
-    d, ft = pipe.defaults, pipe.vae.config.ft
+    d = pipe.defaults
     get = fields.get
 
     if "prompt" not in fields:
@@ -278,12 +276,9 @@ def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = 
     kwargs = dict(prompt=prompt, negative_prompt=negative, num_frames=num_frames, height=height, width=width,
                   num_inference_steps=steps, guidance_scale=guidance, seed=seed, extend=extend, loop=loop,
                   strength=strength, **media)
-    req = _judged(lambda: check_request(pipe, **kwargs))  # the whole task: clip lengths, loops, windows
-    overlap = context_frames(req.window, ft, req.direction) if req.num_frames > req.window else 0
-    windows = len(plan_windows(req.num_frames, req.window, overlap, req.direction))
-    total_steps = windows * steps + (steps if req.loop is not None else 0)
+    req = _judged(lambda: pipe.check_inputs(progress=False, **kwargs))  # the whole task: clip lengths, loops, windows
     summary = {"prompt": prompt, "negative_prompt": negative, "num_frames": num_frames, "height": height,
                "width": width, "steps": steps, "guidance_scale": guidance, "seed": seed, "task": req.task,
                "loop": loop, "strength": strength,
                "unknown_words": req.unknown_words[0]}  # what a Shapes World model cannot place; still generated
-    return Generation(kwargs=kwargs, summary=summary, total_steps=total_steps)
+    return Generation(request=req, summary=summary)

@@ -340,7 +340,8 @@ class VAEStage(Stage):
     @torch.no_grad()
     def write_samples(self, directory: Path, model_state: dict | None, config: Config) -> None:
         """Reconstructions of fixed Shapes World clips: input above, output below."""
-        from patchflow.data.datasets import ShapesDataset, to_user_video
+        from patchflow.data.datasets import ShapesDataset
+        from patchflow.data.video_processing import to_user_video
         from patchflow.data.io import write_video
 
         vae = VideoVAE(self.model.config).to(self.device).eval()

@@ -11,23 +11,11 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from patchflow.data.captions import captions
 from patchflow.data.shapes import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, render_scene, sample_scene
-
-
-def to_model_video(video: np.ndarray) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_user_video(video: torch.Tensor) -> np.ndarray:
-    """float [3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
-    x = video.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+from patchflow.data.video_processing import to_model_video
 
 
 class ShapesDataset(Dataset):

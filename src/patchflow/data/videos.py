@@ -22,7 +22,7 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
-from patchflow.data.datasets import to_model_video
+from patchflow.data.video_processing import to_model_video
 from patchflow.data.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoReadError, read_video, resize_video
 
 MEDIA_SUFFIXES = (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES, ".gif")

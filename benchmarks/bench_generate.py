@@ -4,7 +4,7 @@
 
 Builds a pipeline folder with random weights (speed does not depend on training): DiT `--preset`,
 VAE `--vae`, text encoder `--text`, defaults 17 frames at 64x64. Then measures
-  1. cold start: a fresh `python` process that imports patchflow.generate, loads the folder,
+  1. cold start: a fresh `python` process that imports patchflow.cli.generate, loads the folder,
      generates one video with the model's defaults and writes an .mp4 (what `patchflow generate` does);
   2. in-process wall time per video for each task, and for a 3x-long video (windows).
 """
@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchflow.dit import DiT, dit_config
-from patchflow.pipeline import VideoPipeline
-from patchflow.text import load_text_encoder
-from patchflow.vae import VAE_PRESETS, VideoVAE
+from patchflow.models.dit import DiT, dit_config
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.models.text import load_text_encoder
+from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
 COLD = """
 import time, sys
 t0 = time.perf_counter()
 import argparse
-from patchflow.generate import add_generate_arguments, run_generate
+from patchflow.cli.generate import add_generate_arguments, run_generate
 args = add_generate_arguments(argparse.ArgumentParser()).parse_args(sys.argv[1:])
 run_generate(args)
 print("IN_PROCESS", time.perf_counter() - t0)
@@ -78,7 +78,7 @@ def main() -> None:
         load = run.stdout.split("model load ")[1].split("s")[0]
         print(f"cold start (new process -> .mp4 written): {cold:.2f} s; of it model load {load} s", flush=True)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import patchflow.generate, patchflow.pipeline"], check=True)
+        subprocess.run([sys.executable, "-c", "import patchflow.cli.generate, patchflow.pipelines.pipeline"], check=True)
         print(f"  python + imports alone: {time.perf_counter() - t0:.2f} s")
 
         pipe(prompt="warm-up", num_frames=1, num_inference_steps=1, progress=False)

@@ -51,21 +51,40 @@ def ensure_cache(cache: Path, items: int) -> None:
     if (cache / "meta.json").is_file():
         return
     from patchflow.data.cache import build_cache
-    from patchflow.config import load_config
+    from patchflow.training.config import load_config
 
     print(f"building a {items}-clip cache in {cache} ...", flush=True)
     build_cache(load_config(ROOT / "configs/shapes-world.toml", base_sets(None)), cache, items, progress=False)
 
 
 # ---------------------------------------------------------------- one measurement (child process)
+def loop_api():
+    """(load_config, init_distributed, train, setup, first_batch) of the patchflow on sys.path: today's
+    layout, or the flat one of older commits (what --baseline runs)."""
+    try:
+        from patchflow.training.config import load_config
+        from patchflow.training.distributed import init_distributed
+        from patchflow.training.loop import _batches, _setup, train
+
+        def first_batch(run, config, stage):
+            return next(_batches(run.stage.dataset(), config, run.data_info, 0))
+    except ImportError:
+        from patchflow.config import load_config
+        from patchflow.distributed import init_distributed
+        from patchflow.train import _batches, _setup, train
+
+        def first_batch(run, config, stage):
+            return next(_batches(config, stage, run.data_info, 0))
+    return load_config, init_distributed, train, _setup, first_batch
+
+
 def measure(shape: str, cache: Path, steps: int, warmup: int, profile: bool, sets: list[str]) -> dict:
     """Time the real loop, then the model step on one batch; runs inside the patchflow on sys.path."""
     import torch
 
     import patchflow
-    from patchflow.config import load_config
-    from patchflow.distributed import init_distributed
-    from patchflow.train import _batches, _setup, train
+
+    load_config, init_distributed, train, _setup, first_batch = loop_api()
 
     sets = [*base_sets(cache), *SHAPES[shape], f"train.steps={warmup + steps}", f"train.log_every={warmup}",
             "train.warmup=10", *sets]
@@ -79,7 +98,7 @@ def measure(shape: str, cache: Path, steps: int, warmup: int, profile: bool, set
     # On one fixed batch of the same run: the stage's step (packing, task masks, text lookup, loss,
     # backward; no data loading, no update) and the DiT's forward + backward alone on its inputs.
     run = _setup("dit", config, init_distributed("cpu"))
-    batch = next(_batches(config, "dit", run.data_info, 0))
+    batch = first_batch(run, config, "dit")
     batch.pop("skipped")
     autocast = torch.autocast("cpu", dtype=run.dtype, enabled=run.dtype != torch.float32)
     inputs = []
@@ -135,13 +154,10 @@ def measure_vae(steps: int, warmup: int) -> dict:
     import torch
     from torch.profiler import profile as torch_profile
 
-    from patchflow.config import load_config
-    from patchflow.distributed import init_distributed
-    from patchflow.train import _batches, _setup
-
+    load_config, init_distributed, _, _setup, first_batch = loop_api()
     config = load_config(ROOT / "configs/vae-general.toml", ['data.dataset="shapes"', "data.frames=[17]"])
     run = _setup("vae", config, init_distributed("cpu"))
-    batch = next(_batches(config, "vae", run.data_info, 0))
+    batch = first_batch(run, config, "vae")
     batch.pop("skipped")
 
     def stage_step() -> None:

@@ -16,8 +16,8 @@ import json
 
 import torch
 
-from patchflow.model_eval import evaluate_row
-from patchflow.pipeline import VideoPipeline
+from patchflow.shapes.model_eval import evaluate_row
+from patchflow.pipelines.pipeline import VideoPipeline
 
 
 def main() -> None:

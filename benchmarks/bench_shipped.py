@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from patchflow.pipeline import VideoPipeline
+from patchflow.pipelines.pipeline import VideoPipeline
 
 PROMPTS = [
     "a large red circle moving right on a black background",

@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-from patchflow.text import BertTextEncoder, HFTextEncoder, minilm_path
+from patchflow.models.text import BertTextEncoder, HFTextEncoder, minilm_path
 encoder = BertTextEncoder() if sys.argv[1] == "torch" else HFTextEncoder(minilm_path())
 t2 = time.perf_counter()
 prompts = ["a small red circle moving right on a black background", "",

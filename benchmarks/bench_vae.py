@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from patchflow.vae import VAE_PRESETS, VideoVAE
-from patchflow.vae_loss import VAELoss
+from patchflow.models.vae import VAE_PRESETS, VideoVAE
+from patchflow.training.vae_loss import VAELoss
 
 DEFAULT_SIZES = ("1x256x256", "17x128x128", "33x256x256")
 
@@ -87,7 +87,7 @@ def tiling_error(model: str | None, preset: str, size: str, tile_size: int, over
     """Max |tiled - untiled| of latents and decoded pixels on held-out footage (bikes.mp4)."""
     from patchflow.data.footage import heldout_clips
     from patchflow.data.io import read_video, resize_video
-    from patchflow.metrics import psnr
+    from patchflow.evaluation.metrics import psnr
 
     t, h, w = (int(v) for v in size.split("x"))
     vae = VideoVAE.from_pretrained(model) if model else VideoVAE(VAE_PRESETS[preset]()).eval()
@@ -111,7 +111,7 @@ def fit(preset: str, minutes: float, save: str | None, lr: float = 3e-4, batch: 
     A quick learning-curve probe (not the shipped training loop): plain AdamW, no discriminator.
     """
     from patchflow.data.footage import FootageDataset, heldout_clips
-    from patchflow.metrics import evaluate_vae, format_results
+    from patchflow.evaluation.metrics import evaluate_vae, format_results
 
     torch.manual_seed(0)
     vae = VideoVAE(VAE_PRESETS[preset]())

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchflow.checkpoint import list_checkpoints, load_checkpoint
-from patchflow.data.shapes import render_scene
-from patchflow.evaluate import evaluate_video
+from patchflow.training.checkpoint import list_checkpoints, load_checkpoint
+from patchflow.shapes.world import render_scene
+from patchflow.shapes.evaluate import evaluate_video
 from patchflow.flow import flow_matching_loss
-from patchflow.model_eval import FRAMES, SIZE, build_items
-from patchflow.patches import pack
-from patchflow.pipeline import VideoPipeline
+from patchflow.shapes.model_eval import FRAMES, SIZE, build_items
+from patchflow.models.patches import pack
+from patchflow.pipelines.pipeline import VideoPipeline
 
 SHOWN = ("all", "presence", "shape", "motion")
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from patchflow.data.cache import build_cache
-from patchflow.config import load_config
+from patchflow.training.config import load_config
 from patchflow.data.cache import CachedLatents, cache_key
-from patchflow.evaluate import evaluate_video
-from patchflow.model_eval import contact_sheet
-from patchflow.pipeline import VideoPipeline
-from patchflow.train import train
+from patchflow.shapes.evaluate import evaluate_video
+from patchflow.shapes.model_eval import contact_sheet
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.training.loop import train
 
 ONLY_TEXT_TO_VIDEO = ["tasks.text_to_video=1.0", "tasks.image_to_video=0.0", "tasks.extend_forward=0.0",
                       "tasks.extend_backward=0.0", "tasks.connect=0.0"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
-from patchflow.text import load_text_encoder, minilm_path
+from patchflow.models.text import load_text_encoder, minilm_path
 
 PROMPTS = [
     "a small red circle moving right on a black background", "", "a red circle",

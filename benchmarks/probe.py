@@ -41,10 +41,10 @@ def loss_by_t(log: list[dict], share: float = 0.1) -> list[float | None]:
 
 def run_probe(args) -> dict:
     from patchflow.data.cache import build_cache
-    from patchflow.config import load_config
-    from patchflow.model_eval import evaluate_row
-    from patchflow.pipeline import VideoPipeline
-    from patchflow.train import train
+    from patchflow.training.config import load_config
+    from patchflow.shapes.model_eval import evaluate_row
+    from patchflow.pipelines.pipeline import VideoPipeline
+    from patchflow.training.loop import train
 
     base = [f'vae.path="{args.vae}"']
     if not (args.cache / "meta.json").is_file():
@@ -80,7 +80,7 @@ def run_probe(args) -> dict:
 
 def table(path: Path) -> str:
     """The recorded probes as a markdown table (shares in %)."""
-    from patchflow.evaluate import ATTRIBUTES
+    from patchflow.shapes.evaluate import ATTRIBUTES
 
     header = ["probe", "lever", "steps", "train min", "loss", "all", *ATTRIBUTES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from patchflow.config import VAESection, load_config
+from patchflow.training.config import VAESection, load_config
 from patchflow.data.footage import describe_footage
-from patchflow.train import train
-from patchflow.vae import VideoVAE
-from patchflow.vae_eval import eval_vae_report
-from patchflow.vae_loss import VAELoss
+from patchflow.training.loop import train
+from patchflow.models.vae import VideoVAE
+from patchflow.evaluation.vae_eval import eval_vae_report
+from patchflow.training.vae_loss import VAELoss
 
 # name -> (the whole [vae] table, what it tries); each replaces --config's [vae] table
 DESIGNS = {

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from learning_curve import save_curve_plot, step_minutes
 
-from patchflow.checkpoint import list_checkpoints, load_checkpoint
+from patchflow.training.checkpoint import list_checkpoints, load_checkpoint
 from patchflow.data.footage import heldout_clips
-from patchflow.metrics import evaluate_vae
-from patchflow.vae import VideoVAE
+from patchflow.evaluation.metrics import evaluate_vae
+from patchflow.models.vae import VideoVAE
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from patchflow.data.grid import video_grid
 from patchflow.data.io import write_video
-from patchflow.data.shapes import render
-from patchflow.evaluate import evaluate_video
-from patchflow.pipeline import VideoPipeline
-from patchflow.prompts import expand_prompt
+from patchflow.shapes.world import render
+from patchflow.shapes.evaluate import evaluate_video
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.pipelines.prompts import expand_prompt
 
 TEXT = [  # held-out colour/shape/motion combinations, the last one as a paraphrase
     "a large red circle moving right on a black background",

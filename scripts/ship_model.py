@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from patchflow.pipeline import VideoPipeline
-from patchflow.vae import VideoVAE
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.models.vae import VideoVAE
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from patchflow.attention import DENSE_MAX_PAIRS, attention, make_plan, resolve_backend
+from patchflow.models.attention import DENSE_MAX_PAIRS, attention, make_plan, resolve_backend
 
 FAST = ["dense", "sdpa", "flex", "varlen"]
 TRAINABLE = ["dense", "sdpa", "varlen"]  # flex has no backward on CPU in torch 2.13

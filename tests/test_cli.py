@@ -41,8 +41,8 @@ def test_bad_prompt_is_a_short_error(capsys):
 
 def test_eval_vae_json(tmp_path, capsys):
     from patchflow.data.io import write_video
-    from patchflow.data.shapes import render
-    from patchflow.vae import VAE_PRESETS, VideoVAE
+    from patchflow.shapes.world import render
+    from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
     VideoVAE(VAE_PRESETS["tiny"]()).save_pretrained(tmp_path / "run" / "final" / "vae")
     write_video(render("a red circle moving right", 32, 32, 9), tmp_path / "clip.gif")
@@ -55,8 +55,8 @@ def test_eval_vae_json(tmp_path, capsys):
 
 def test_eval_vae_compare_and_baseline(tmp_path, capsys):
     from patchflow.data.io import read_video
-    from patchflow.metrics import psnr
-    from patchflow.vae import VAE_PRESETS, VideoVAE
+    from patchflow.evaluation.metrics import psnr
+    from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
     VideoVAE(VAE_PRESETS["tiny"]()).save_pretrained(tmp_path / "vae")
     size = ["--model", str(tmp_path / "vae"), "--frames", "5", "--height", "32", "--width", "32"]
@@ -72,7 +72,7 @@ def test_eval_vae_compare_and_baseline(tmp_path, capsys):
     assert any(line.startswith("wrote") and "input | VAE | bicubic, 4 clip(s)" in line for line in lines)
     sheet, _ = read_video(tmp_path / "out" / "shapes.gif")
     assert sheet.shape == (5, 4 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)
-    from patchflow.vae_eval import shapes_heldout_clips
+    from patchflow.evaluation.vae_eval import shapes_heldout_clips
 
     first = shapes_heldout_clips(1, 5, 32, 32)[0]
     assert psnr(sheet[:, 2:34, 2:34], first) > 30  # the left panel of row 1 is the first input clip

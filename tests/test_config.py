@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from patchflow.config import Config, config_from_data, load_config
+from patchflow.training.config import Config, config_from_data, load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from tiny_models import TEXT_DIM, mixed_packed_batch, random_tiny_dit
 
-from patchflow.bench import bench_dit, mixed_latents
-from patchflow.dit import DIT_PRESETS, DiT, DiTConfig, dit_config
-from patchflow.patches import pack, unpack
-from patchflow.rope import apply_rope, rope_angles, rope_axis_dims, rope_cos_sin
+from patchflow.evaluation.bench import bench_dit, mixed_latents
+from patchflow.models.dit import DIT_PRESETS, DiT, DiTConfig, dit_config
+from patchflow.models.patches import pack, unpack
+from patchflow.models.rope import apply_rope, rope_angles, rope_axis_dims, rope_cos_sin
 
 
 
@@ -109,7 +109,7 @@ def test_rope_gradient():
 def test_fused_norm_rope_matches_the_plain_ops(rotate):
     # RMSNorm(+RoPE) as one op with a hand-written backward, on a strided view of a fused qkv output
     # (as SelfAttention calls it) against nn.functional.rms_norm then apply_rope, values and gradients.
-    from patchflow.dit_blocks import RMSNorm, _NormRope
+    from patchflow.models.dit_blocks import RMSNorm, _NormRope
 
     gen = torch.Generator().manual_seed(0)
     norm = RMSNorm(12, eps=1e-6).double()

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from patchflow.data.captions import plain_caption
-from patchflow.data.shapes import BACKGROUNDS, COLORS, SHAPES, render_scene, sample_scene
-from patchflow.evaluate import evaluate_video, summarize
+from patchflow.shapes.captions import plain_caption
+from patchflow.shapes.world import BACKGROUNDS, COLORS, SHAPES, render_scene, sample_scene
+from patchflow.shapes.evaluate import evaluate_video, summarize
 
 
 @pytest.mark.parametrize("height,width,frames,count", [(64, 64, 17, 300), (32, 48, 17, 60), (96, 40, 17, 60),

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from patchflow.data.io import read_video, write_video
-from patchflow.dit import DiT, dit_config
-from patchflow.generate import add_generate_arguments, output_paths, run_generate
-from patchflow.pipeline import VideoPipeline
-from patchflow.prompts import PromptWarning
-from patchflow.text import load_text_encoder
-from patchflow.vae import VAE_PRESETS, VideoVAE
+from patchflow.models.dit import DiT, dit_config
+from patchflow.cli.generate import add_generate_arguments, output_paths, run_generate
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.pipelines.prompts import PromptWarning
+from patchflow.models.text import load_text_encoder
+from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from patchflow.data.io import VideoReadError, read_video, resize_video, write_video
-from patchflow.data.shapes import render
+from patchflow.shapes.world import render
 
 
 @pytest.fixture(scope="module")

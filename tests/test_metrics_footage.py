@@ -21,7 +21,7 @@ from patchflow.data.footage import (
     training_clips,
 )
 from patchflow.data.io import write_video
-from patchflow.metrics import (
+from patchflow.evaluation.metrics import (
     bicubic_baseline,
     bicubic_baseline_size,
     evaluate_vae,
@@ -29,8 +29,8 @@ from patchflow.metrics import (
     psnr,
     ssim,
 )
-from patchflow.vae import VAE_PRESETS, VideoVAE
-from patchflow.vae_eval import eval_vae_report, shapes_heldout_clips
+from patchflow.models.vae import VAE_PRESETS, VideoVAE
+from patchflow.evaluation.vae_eval import eval_vae_report, shapes_heldout_clips
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from patchflow.cli import main
-from patchflow.data.captions import captions
-from patchflow.data.shapes import (
+from patchflow.shapes.captions import captions
+from patchflow.shapes.world import (
     BACKGROUNDS, HELDOUT_COMBOS, SIZES, _mostly_visible, is_heldout, parse_prompt, render_scene, sample_scene,
     scene_from_prompt,
 )
-from patchflow.evaluate import ATTRIBUTES
-from patchflow.model_eval import (
+from patchflow.shapes.evaluate import ATTRIBUTES
+from patchflow.shapes.model_eval import (
     FRAMES, GIVEN, PARAPHRASES, PSNR_CAP, ROWS, SIZE, build_items, evaluate_model, format_table, given_frames,
 )
-from patchflow.prompts import expand_prompt, unknown_words
-from patchflow.tasks import covered_pixels, frame_mask, latent_frame_mask
+from patchflow.pipelines.prompts import expand_prompt, unknown_words
+from patchflow.pipelines.tasks import covered_pixels, frame_mask, latent_frame_mask
 from tiny_models import saved_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,7 +89,7 @@ def test_given_frames_cover_whole_latents():
 
 # ---------------------------------------------------------------- every row on a tiny random model
 def test_every_row_runs_on_a_tiny_model(model_dir, tmp_path):
-    from patchflow.pipeline import VideoPipeline
+    from patchflow.pipelines.pipeline import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(model_dir)
     results = evaluate_model(pipe, count=2, steps=1, batch_size=2, progress=False, samples=tmp_path / "sheets")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from patchflow.patches import (
+from patchflow.models.patches import (
     first_fit_decreasing,
     grid_coords,
     pack,

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import patchflow
-from patchflow.dit import DiT, dit_config
-from patchflow.pipeline import VideoPipeline
-from patchflow.pipeline_inputs import InputError
-from patchflow.tasks import fill_unknown, image_frames, latent_frame_mask, place_conditions
-from patchflow.text import TinyTextEncoder, load_text_encoder
-from patchflow.vae import VAE_PRESETS, VideoVAE
+from patchflow.models.dit import DiT, dit_config
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.pipelines.inputs import InputError
+from patchflow.pipelines.tasks import fill_unknown, image_frames, latent_frame_mask, place_conditions
+from patchflow.models.text import TinyTextEncoder, load_text_encoder
+from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
 T, H, W = 9, 16, 16  # the tiny model's trained length and size: 3 latent frames of 4x4 (2x2 patch grid)
 FAST = dict(num_inference_steps=2, progress=False)

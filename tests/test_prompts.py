@@ -8,11 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from patchflow.data.captions import captions, short_caption
-from patchflow.data.shapes import (
+from patchflow.shapes.captions import captions, short_caption
+from patchflow.shapes.world import (
     BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, parse_prompt, sample_scene, scene_from_prompt,
 )
-from patchflow.prompts import (
+from patchflow.pipelines.prompts import (
     PromptExpander, RuleExpander, TransformersExpander, choose_caption, drop_caption, expand_prompt,
     load_prompt_expander,
 )
@@ -150,7 +150,7 @@ def test_load_prompt_expander_specs(tmp_path):
 
 def test_transformers_expander_runs_offline(tmp_path, monkeypatch):
     import transformers
-    from patchflow.text import minilm_path
+    from patchflow.models.text import minilm_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)  # a fixed random model: its greedy reply is fixed too
     config = transformers.GPT2Config(vocab_size=30522, n_positions=256, n_embd=32, n_layer=1, n_head=2,

@@ -15,10 +15,10 @@ from tiny_models import TEXT_DIM, mixed_packed_batch, random_tiny_dit
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from patchflow.attention import attention, make_plan
-from patchflow.dit import DiT, dit_config
+from patchflow.models.attention import attention, make_plan
+from patchflow.models.dit import DiT, dit_config
 from patchflow.flow import flow_loss
-from patchflow.sequence_parallel import (all_to_all, check_heads, gather_sequence, sequence_parallel_mesh,
+from patchflow.models.sequence_parallel import (all_to_all, check_heads, gather_sequence, sequence_parallel_mesh,
                                          shard_packed, shard_sequence)
 
 BUDGET = 25  # odd: the shards need one padding token appended
@@ -129,7 +129,7 @@ def test_dit_forward_backward_sequence_parallel_equals_single_process():
 # -------------------------------------------------------------------------- FSDP2 + SP step, checkpoint
 
 def _fsdp_worker(rank, world, out_dir):
-    from patchflow.distributed import DistInfo, full_state_dict, wrap_model
+    from patchflow.training.distributed import DistInfo, full_state_dict, wrap_model
     from patchflow.weights import save_component
 
     mesh = sequence_parallel_mesh(world, "cpu")  # ("dp", "sp") = (1, 2): FSDP over the world, SP group = world

@@ -15,9 +15,10 @@ httpx = pytest.importorskip("httpx", reason="httpx (for the test client) is not 
 from fastapi.testclient import TestClient  # noqa: E402
 
 from patchflow.data.io import read_video, write_video  # noqa: E402
-from patchflow.serve import add_serve_arguments, create_app, serve_in_background  # noqa: E402
-from patchflow.serve_inputs import Limits  # noqa: E402
-from patchflow.serve_queue import JobQueue, QueueFull  # noqa: E402
+from patchflow.cli.serve import add_serve_arguments  # noqa: E402
+from patchflow.serving.server import create_app, serve_in_background  # noqa: E402
+from patchflow.serving.inputs import Limits  # noqa: E402
+from patchflow.serving.queue import JobQueue, QueueFull  # noqa: E402
 
 T, H, W = 9, 16, 16  # the tiny model's trained length and size (3 latent frames of 4x4)
 LIMITS = dict(max_frames=17, max_size=32, max_steps=4)

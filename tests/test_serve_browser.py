@@ -23,8 +23,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from patchflow.data.io import read_video  # noqa: E402
-from patchflow.serve import create_app, serve_in_background  # noqa: E402
-from patchflow.serve_inputs import Limits  # noqa: E402
+from patchflow.serving.server import create_app, serve_in_background  # noqa: E402
+from patchflow.serving.inputs import Limits  # noqa: E402
 
 
 def _which(*names: str) -> str | None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from patchflow.data.captions import captions, plain_caption
+from patchflow.shapes.captions import captions, plain_caption
 from patchflow.data.datasets import ShapesDataset
-from patchflow.data.shapes import (
+from patchflow.shapes.world import (
     ALL_COMBOS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, TRAIN_COMBOS, is_heldout, parse_prompt, render, sample_scene,
     scene_from_prompt, trajectory,
 )

@@ -7,9 +7,9 @@ default 30), so a regression in the weights, the VAE, the sampler or the loading
 import pytest
 import torch
 
-from patchflow.model_eval import evaluate_row
+from patchflow.shapes.model_eval import evaluate_row
 from patchflow.paths import default_model_dir
-from patchflow.pipeline import MODEL_INDEX, VideoPipeline
+from patchflow.pipelines.pipeline import MODEL_INDEX, VideoPipeline
 
 # Until weights are committed (issue #13) there is nothing to test; once they are, every test here runs.
 pytestmark = pytest.mark.skipif(not (default_model_dir() / MODEL_INDEX).is_file(),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from patchflow.paths import PACKAGE_DIR
-from patchflow.vae import VAE_PRESETS, VideoVAE
-from patchflow.vae_eval import eval_vae_report
+from patchflow.models.vae import VAE_PRESETS, VideoVAE
+from patchflow.evaluation.vae_eval import eval_vae_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchflow.tasks import (
+from patchflow.pipelines.tasks import (
     TASKS, context_frames, covered_pixels, fill_unknown, frame_mask, image_frames, latent_frame_mask,
     latent_support, loop_plan, place_conditions, plan_windows, sample_task,
 )

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from patchflow.text import (
+from patchflow.models.text import (
     BertTextEncoder, HFTextEncoder, TextEmbeddingCache, TinyTextConfig, TinyTextEncoder, load_text_encoder,
     minilm_path,
 )
@@ -40,7 +40,7 @@ def test_minilm_loads_offline_without_transformers():
             "def refuse(*a, **k): raise RuntimeError('network')\n"
             "socket.socket.connect = refuse; socket.create_connection = refuse\n"
             "t = time.perf_counter()\n"
-            "from patchflow.text import load_text_encoder\n"
+            "from patchflow.models.text import load_text_encoder\n"
             "enc = load_text_encoder('minilm')\n"
             "tokens, mask = enc.encode(['a red circle', ''])\n"
             "print(enc.dim, tuple(tokens.shape), 'transformers' in sys.modules, round(time.perf_counter() - t, 2))\n")

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from patchflow import checkpoint as ckpt_module
-from patchflow.config import load_config
+from patchflow.training import checkpoint as ckpt_module
+from patchflow.training.config import load_config
 from patchflow.data.io import write_video
-from patchflow.data.shapes import render
-from patchflow.checkpoint import list_checkpoints
-from patchflow.train import train
+from patchflow.shapes.world import render
+from patchflow.training.checkpoint import list_checkpoints
+from patchflow.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
@@ -30,7 +30,7 @@ def losses(run: Path) -> list[float]:
 
 
 def test_tiny_dit_trains_and_loads(tmp_path):
-    from patchflow.pipeline import VideoPipeline
+    from patchflow.pipelines.pipeline import VideoPipeline
 
     final = train("dit", load_config(TINY, [*FAST, "train.steps=4", "train.sample_steps=2"]), tmp_path / "run",
                   progress=False)
@@ -61,10 +61,10 @@ def test_exact_resume(tmp_path, monkeypatch, compiled):
             raise KeyboardInterrupt("simulated kill right after the step-3 checkpoint")
         return path
 
-    monkeypatch.setattr("patchflow.train.save_checkpoint", crash_after_first)
+    monkeypatch.setattr("patchflow.training.loop.save_checkpoint", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         train("dit", load_config(TINY, sets), tmp_path / "resumed", progress=False)
-    monkeypatch.setattr("patchflow.train.save_checkpoint", real_save)
+    monkeypatch.setattr("patchflow.training.loop.save_checkpoint", real_save)
     with pytest.raises(ValueError, match="--resume"):  # never silently overwrite a run
         train("dit", load_config(TINY, sets), tmp_path / "resumed", progress=False)
     train("dit", load_config(TINY, sets), tmp_path / "resumed", resume=True, progress=False)
@@ -76,7 +76,7 @@ def test_exact_resume(tmp_path, monkeypatch, compiled):
 
 
 def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path, monkeypatch):
-    from patchflow.train import TrainingStopped, lr_at
+    from patchflow.training.loop import TrainingStopped, lr_at
 
     sets = [*FAST, "train.steps=4", "train.checkpoint_every=100"]
     train("dit", load_config(TINY, sets), tmp_path / "straight", progress=False)
@@ -86,12 +86,12 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path, monk
             os.kill(os.getpid(), signal.SIGTERM)
         return lr_at(step, tc)
 
-    monkeypatch.setattr("patchflow.train.lr_at", lr_with_kill)
+    monkeypatch.setattr("patchflow.training.loop.lr_at", lr_with_kill)
     with pytest.raises(TrainingStopped, match="after step 2"):
         train("dit", load_config(TINY, sets), tmp_path / "stopped", progress=False)
     assert [c.name for c in list_checkpoints(tmp_path / "stopped" / "checkpoints")] == ["step_00000002.pt"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
-    monkeypatch.setattr("patchflow.train.lr_at", lr_at)
+    monkeypatch.setattr("patchflow.training.loop.lr_at", lr_at)
     train("dit", load_config(TINY, sets), tmp_path / "stopped", resume=True, progress=False)
     assert losses(tmp_path / "straight") == losses(tmp_path / "stopped")
 
@@ -185,7 +185,7 @@ def test_cache_then_train(tmp_path):
 
 def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
     from patchflow.data.cache import CachedLatents, build_cache, cache_key
-    from patchflow.vae import VAE_PRESETS, VideoVAE
+    from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
     vae = VideoVAE(VAE_PRESETS["tiny"]())
     vae.save_pretrained(tmp_path / "vae")
@@ -206,7 +206,7 @@ def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
 
 
 def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):
-    from patchflow.vae import VideoVAE
+    from patchflow.models.vae import VideoVAE
 
     sets = [*FAST, "train.steps=3", "data.frames=[5]", "data.sizes=[[32, 32]]"]
     first = train("vae", load_config(TINY, [*sets, "vae.whiten_latents=true"]), tmp_path / "vae",
@@ -230,7 +230,7 @@ def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):
 
 
 def test_weight_decay_spares_norms_biases_and_embeddings():
-    from patchflow.train import optimizer_groups
+    from patchflow.training.loop import optimizer_groups
 
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     decay, plain = optimizer_groups(model, 0.5)
@@ -246,8 +246,8 @@ def test_weight_decay_spares_norms_biases_and_embeddings():
 
 
 def test_object_tokens_flag_what_differs_from_the_frame_background():
-    from patchflow.patches import pack
-    from patchflow.train_stages import object_tokens
+    from patchflow.models.patches import pack
+    from patchflow.training.stages import object_tokens
 
     gen = torch.Generator().manual_seed(0)
     latent = 0.1 * torch.randn(4, 2, 4, 4, generator=gen)  # two latent frames of a noisy flat background

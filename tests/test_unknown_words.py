@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from tiny_models import random_tiny_dit
 
-from patchflow.data.captions import captions
-from patchflow.data.shapes import sample_scene
-from patchflow.pipeline import VideoPipeline
-from patchflow.prompts import PromptWarning, expand_prompt, unknown_words, unknown_words_note
-from patchflow.text import load_text_encoder
-from patchflow.vae import VAE_PRESETS, VideoVAE
+from patchflow.shapes.captions import captions
+from patchflow.shapes.world import sample_scene
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.pipelines.prompts import PromptWarning, expand_prompt, unknown_words, unknown_words_note
+from patchflow.models.text import load_text_encoder
+from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

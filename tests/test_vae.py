@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from patchflow.metrics import psnr
-from patchflow.vae import (VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, check_frames, measure_latent_stats,
+from patchflow.evaluation.metrics import psnr
+from patchflow.models.vae import (VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, check_frames, measure_latent_stats,
                            measure_latent_whitening, nearest_valid_frames)
-from patchflow.vae_loss import VAELoss, VAELossConfig
+from patchflow.training.vae_loss import VAELoss, VAELossConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -344,7 +344,7 @@ def test_tiny_vae_overfits_one_clip():
 
 # ---------------------------------------------------------------- the factorized convolution
 def test_factorized_conv_starts_as_a_per_frame_conv_and_is_cheaper():
-    from patchflow.vae_blocks import CausalConv3d, FactorizedConv3d, initialize_weights
+    from patchflow.models.vae_blocks import CausalConv3d, FactorizedConv3d, initialize_weights
 
     torch.manual_seed(0)
     conv = FactorizedConv3d(8, 8)
@@ -365,7 +365,7 @@ def test_factorized_conv_starts_as_a_per_frame_conv_and_is_cheaper():
 
 
 def test_factorized_residual_block_starts_as_the_identity():
-    from patchflow.vae_blocks import ResBlock3d, initialize_weights
+    from patchflow.models.vae_blocks import ResBlock3d, initialize_weights
 
     block = ResBlock3d(8, 8, "group", "factorized")
     initialize_weights(block)  # conv1's temporal half: identity; conv2's: zero (checked in that order)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from patchflow.dit import DiT, dit_config
+from patchflow.models.dit import DiT, dit_config
 
 
 def random_tiny_dit(text_dim: int, seed: int = 0, std: float = 0.1, **overrides) -> DiT:
@@ -19,9 +19,9 @@ def random_tiny_dit(text_dim: int, seed: int = 0, std: float = 0.1, **overrides)
 
 def saved_tiny_pipeline(folder: Path, frames: int, height: int, width: int):
     """A tiny random VideoPipeline saved to `folder` and loaded back (as `--model DIR` loads it)."""
-    from patchflow.pipeline import VideoPipeline
-    from patchflow.text import load_text_encoder
-    from patchflow.vae import VAE_PRESETS, VideoVAE
+    from patchflow.pipelines.pipeline import VideoPipeline
+    from patchflow.models.text import load_text_encoder
+    from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
     text = load_text_encoder("tiny")
     built = VideoPipeline(random_tiny_dit(text.dim, std=0.05), VideoVAE(VAE_PRESETS["tiny"]()), text,
@@ -41,7 +41,7 @@ def mixed_packed_batch(budget: int, seed: int = 0):
     """Packed latents of SHAPES with text (two samples with masked text), condition frames
     and per-token timesteps (condition tokens at t = 0). Returns the generator so callers
     can keep drawing from the same stream."""
-    from patchflow.patches import pack
+    from patchflow.models.patches import pack
 
     gen = torch.Generator().manual_seed(seed)
     latents = [torch.randn(s, generator=gen) for s in SHAPES]

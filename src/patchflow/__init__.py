@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """Lazy top-level API, so `import patchflow` (and `patchflow --help`) stays fast."""
     if name == "VideoPipeline":
-        from patchflow.pipeline import VideoPipeline
+        from patchflow.pipelines.pipeline import VideoPipeline
 
         return VideoPipeline
     if name == "export_to_video":  # diffusers' name for writing frames to a file

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset, Sampler
 from patchflow.data.datasets import ShapesDataset
 
 if TYPE_CHECKING:  # only for hints: the data package sits below the config that names it
-    from patchflow.config import DataConfig
-    from patchflow.distributed import DistInfo
+    from patchflow.training.config import DataConfig
+    from patchflow.training.distributed import DistInfo
 
 
 def build_dataset(d: DataConfig, seed: int) -> Dataset:

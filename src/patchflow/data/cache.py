@@ -33,7 +33,7 @@ from patchflow.data.build import build_dataset
 from patchflow.weights import atomic_write_bytes
 
 if TYPE_CHECKING:  # only for hints: the data package sits below the config that names it
-    from patchflow.config import Config
+    from patchflow.training.config import Config
 
 
 # ---------------------------------------------------------------- the key
@@ -115,7 +115,7 @@ def build_cache(config: Config, out: str | Path, items: int, progress: bool = Tr
     Items are read `batch` at a time; clips of one shape go through the VAE together and all
     new captions through the text encoder in one call (about 10x faster than one by one on a CPU).
     """
-    from patchflow.text import TextEmbeddingCache, load_text_encoder
+    from patchflow.models.text import TextEmbeddingCache, load_text_encoder
 
     if items < 1:
         raise ValueError(f"--items must be >= 1, got {items}")

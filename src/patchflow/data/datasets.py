@@ -13,8 +13,8 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
-from patchflow.data.captions import captions
-from patchflow.data.shapes import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, render_scene, sample_scene
+from patchflow.shapes.captions import captions
+from patchflow.shapes.world import MAX_FRAMES, MAX_SIDE, MIN_SIDE, SPLITS, render_scene, sample_scene
 from patchflow.data.video_processing import to_model_video
 
 

@@ -61,12 +61,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from patchflow.data.captions import plain_caption
-from patchflow.data.shapes import (
+from patchflow.shapes.captions import plain_caption
+from patchflow.shapes.world import (
     BACKGROUNDS, HELDOUT_COMBOS, SIZES, TRAIN_COMBOS, ObjectSpec, SceneRecord, SceneSpec, render_scene, sample_scene,
     scene_from_prompt,
 )
-from patchflow.evaluate import ATTRIBUTES, EvalResult, evaluate_video, summarize
+from patchflow.shapes.evaluate import ATTRIBUTES, EvalResult, evaluate_video, summarize
 
 ROWS = ("heldout", "train", "two_objects", "paraphrase", "image_to_video", "extend_forward",
         "extend_backward", "connect", "loop")
@@ -188,7 +188,7 @@ def given_frames(row: str) -> np.ndarray:
 
 # ---------------------------------------------------------------- running
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from patchflow.metrics import psnr
+    from patchflow.evaluation.metrics import psnr
 
     return min(psnr(a, b), PSNR_CAP)
 

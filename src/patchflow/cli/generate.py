@@ -106,8 +106,8 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from patchflow.data.io import write_video
-    from patchflow.pipeline import VideoPipeline
-    from patchflow.prompts import unknown_words_note
+    from patchflow.pipelines.pipeline import VideoPipeline
+    from patchflow.pipelines.prompts import unknown_words_note
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = VideoPipeline.from_pretrained(args.model, device=device)
@@ -142,3 +142,16 @@ def run_generate(args: argparse.Namespace) -> int:
     total = time.perf_counter() - start
     print(f"done: {len(prompts)} video(s) in {total:.1f}s (model load {loaded - start:.1f}s on {device})")
     return 0
+
+
+def add_parser(sub, argv=None) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt with the shipped model or --model DIR",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='examples:\n  patchflow generate "a red circle moving right on a black background" -o red.mp4\n'
+                              '  patchflow generate "a blue box rising" --image first.png -o i2v.mp4\n'
+                              '  patchflow generate "a red ball bouncing" --video clip.mp4 --extend forward '
+                              '--frames 33 -o longer.mp4\n'
+                              '  patchflow generate "a green square growing" --loop -o loop.gif')
+    add_generate_arguments(p)
+    p.set_defaults(func=run_generate)
+

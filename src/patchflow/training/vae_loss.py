@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from patchflow.metrics import ssim_frames
-from patchflow.vae import LatentDist
+from patchflow.evaluation.metrics import ssim_frames
+from patchflow.models.vae import LatentDist
 
 
 @dataclass

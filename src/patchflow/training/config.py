@@ -29,13 +29,13 @@ from typing import Any
 import torch
 
 from patchflow.data.io import RESIZE_MODES
-from patchflow.data.shapes import SPLITS
-from patchflow.dit import DIT_PRESETS, DiTConfig, dit_config
+from patchflow.shapes.world import SPLITS
+from patchflow.models.dit import DIT_PRESETS, DiTConfig, dit_config
 from patchflow.flow import FlowConfig
-from patchflow.prompts import DEFAULT_CAPTION_WEIGHTS
-from patchflow.text import check_text_encoder_spec
-from patchflow.vae import VAE_PRESETS, VAEConfig, VideoVAE
-from patchflow.vae_loss import VAELossConfig
+from patchflow.pipelines.prompts import DEFAULT_CAPTION_WEIGHTS
+from patchflow.models.text import check_text_encoder_spec
+from patchflow.models.vae import VAE_PRESETS, VAEConfig, VideoVAE
+from patchflow.training.vae_loss import VAELossConfig
 from patchflow.weights import config_from_dict
 
 if sys.version_info >= (3, 11):

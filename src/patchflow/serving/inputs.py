@@ -207,7 +207,7 @@ def _api_field(argument: str) -> str:
 
 def _judged(check: Callable[[], Any]) -> Any:
     """Run one of the pipeline's checks, turning its InputError into a 422 on the field it names."""
-    from patchflow.pipeline_inputs import InputError
+    from patchflow.pipelines.inputs import InputError
 
     try:
         return check()
@@ -223,7 +223,7 @@ def parse_generation(fields: dict[str, Any], pipe, limits: Limits, form: bool = 
     request after. Raises ApiError (422 a broken rule, 413 over a limit), naming the field, before any
     model work.
     """
-    from patchflow.pipeline_inputs import check_geometry, check_sampler, check_task, check_text
+    from patchflow.pipelines.inputs import check_geometry, check_sampler, check_task, check_text
 
     if not isinstance(fields, dict):
         raise ApiError(400, "body", "the body must be a JSON object of fields, e.g. {\"prompt\": \"a red circle\"}")

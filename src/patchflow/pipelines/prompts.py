@@ -9,7 +9,7 @@ Generation: a user's short or paraphrased prompt is rewritten into the caption
 form the model was trained on. `expand_prompt` does it by rules for Shapes World
 (`"a tiny crimson ball heading left on a dark background"` ->
 `"a small red circle moving left on a black background"`), using the world's
-vocabulary from `patchflow.data.shapes`; a prompt it cannot read completely is
+vocabulary from `patchflow.shapes.world`; a prompt it cannot read completely is
 returned unchanged, so models trained on real footage are unaffected, and `unknown_words`
 names the words that kept it from being read (`"a dragon flying over a city"` -> dragon, flying,
 city), so that users of a Shapes World model are told, not left guessing.
@@ -23,8 +23,8 @@ import random
 import re
 from pathlib import Path
 
-from patchflow.data.captions import caption_vocabulary, plain_caption
-from patchflow.data.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, parse_prompt
+from patchflow.shapes.captions import caption_vocabulary, plain_caption
+from patchflow.shapes.world import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, parse_prompt
 
 DEFAULT_CAPTION_WEIGHTS = {"short": 0.2, "plain": 0.5, "detailed": 0.3}  # plain is what expansion produces
 DEFAULT_MOTION = "standing still"  # a shape named without a motion word is taken to be still

@@ -12,10 +12,10 @@ import math
 import torch
 from torch import nn
 
-from . import attention as attention_module
-from .attention import AttentionPlan
-from .rope import apply_rope, rotate
-from .sequence_parallel import all_to_all
+from patchflow.models import attention as attention_module
+from patchflow.models.attention import AttentionPlan
+from patchflow.models.rope import apply_rope, rotate
+from patchflow.models.sequence_parallel import all_to_all
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

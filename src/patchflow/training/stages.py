@@ -25,17 +25,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from patchflow.config import Config
+from patchflow.training.config import Config
 from patchflow.data.build import build_dataset
 from patchflow.data.cache import CachedLatents, by_shape, cache_key
-from patchflow.dit import DiT
+from patchflow.models.dit import DiT
 from patchflow.flow import flow_matching_loss, sample_timesteps
-from patchflow.patches import pack, pad_batch
-from patchflow.prompts import choose_caption, drop_caption
-from patchflow.sequence_parallel import shard_packed, shard_sequence
-from patchflow.text import TextEmbeddingCache, TextEncoder, load_text_encoder
-from patchflow.vae import VideoVAE
-from patchflow.vae_loss import VAELoss
+from patchflow.models.patches import pack, pad_batch
+from patchflow.pipelines.prompts import choose_caption, drop_caption
+from patchflow.models.sequence_parallel import shard_packed, shard_sequence
+from patchflow.models.text import TextEmbeddingCache, TextEncoder, load_text_encoder
+from patchflow.models.vae import VideoVAE
+from patchflow.training.vae_loss import VAELoss
 
 
 def check_data_geometry(config: Config, vae: VideoVAE, patch: tuple = (1, 1, 1)) -> None:
@@ -181,7 +181,7 @@ class DiTStage(Stage):
 
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
-        from patchflow.tasks import sample_task
+        from patchflow.pipelines.tasks import sample_task
 
         c, d = self.config, self.config.data
         captions = [drop_caption(choose_caption(caps, rng, d.caption_styles), d.caption_dropout, rng)
@@ -226,7 +226,7 @@ class DiTStage(Stage):
 
     def pipeline(self, model_state: dict):
         """A VideoPipeline around a copy of the transformer holding `model_state` (e.g. the EMA)."""
-        from patchflow.pipeline import VideoPipeline
+        from patchflow.pipelines.pipeline import VideoPipeline
 
         transformer = DiT(self.model.config).to(self.device)
         transformer.load_state_dict(model_state)
@@ -320,7 +320,7 @@ class VAEStage(Stage):
 
     def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Save the VAE with its latent statistics measured on training clips (what `normalize` uses)."""
-        from patchflow.vae import measure_latent_stats, measure_latent_whitening
+        from patchflow.models.vae import measure_latent_stats, measure_latent_whitening
 
         vae = VideoVAE(copy.deepcopy(self.model.config)).to(self.device)
         vae.load_state_dict(model_state)

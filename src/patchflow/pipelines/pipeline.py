@@ -36,15 +36,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from patchflow.data.video_processing import to_model_video, to_user_video
-from patchflow.dit import DiT
+from patchflow.models.dit import DiT
 from patchflow.flow import FlowConfig, sample as flow_sample, shift_for_tokens
 from patchflow.paths import default_model_dir
-from patchflow.patches import pack
-from patchflow.pipeline_inputs import Request, check_request
-from patchflow.prompts import PromptWarning, unknown_words_note
-from patchflow.tasks import fill_unknown, frame_mask, latent_frame_mask
-from patchflow.text import TextEncoder, TinyTextEncoder, load_text_encoder
-from patchflow.vae import VideoVAE, shape_rules
+from patchflow.models.patches import pack
+from patchflow.pipelines.inputs import Request, check_request
+from patchflow.pipelines.prompts import PromptWarning, unknown_words_note
+from patchflow.pipelines.tasks import fill_unknown, frame_mask, latent_frame_mask
+from patchflow.models.text import TextEncoder, TinyTextEncoder, load_text_encoder
+from patchflow.models.vae import VideoVAE, shape_rules
 from patchflow.weights import atomic_write_bytes, config_from_dict
 
 MODEL_INDEX = "model_index.json"

@@ -28,14 +28,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from patchflow.checkpoint import EMA, list_checkpoints, load_checkpoint, load_train_state, rng_state, \
+from patchflow.training.checkpoint import EMA, list_checkpoints, load_checkpoint, load_train_state, rng_state, \
     save_checkpoint, set_rng_state, train_state
-from patchflow.config import Config
+from patchflow.training.config import Config
 from patchflow.data.build import StepSampler, collate
-from patchflow.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across, unwrap, wrap_model
+from patchflow.training.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across, unwrap, wrap_model
 from patchflow.flow import loss_by_t_bin
 from patchflow.hardware import peak_flops
-from patchflow.train_stages import STAGES, Stage
+from patchflow.training.stages import STAGES, Stage
 from patchflow.weights import atomic_write_bytes
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -222,7 +222,7 @@ def _sequence_parallel(stage: Stage, p: int, info: DistInfo) -> DistInfo:
     draws (its group's, so the p ranks of a group load the same batch)."""
     if p == 1:
         return info
-    from patchflow.sequence_parallel import sequence_parallel_mesh
+    from patchflow.models.sequence_parallel import sequence_parallel_mesh
 
     if not stage.sequence_parallel:
         raise ValueError(f"train.sequence_parallel applies to the DiT stage only, not {stage.name!r}")

@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import torch
 
-from .dit import DiT, dit_config
-from .hardware import measure_peak_flops, synchronize
-from .patches import pack, pad_batch
+from patchflow.models.dit import DiT, dit_config
+from patchflow.hardware import measure_peak_flops, synchronize
+from patchflow.models.patches import pack, pad_batch
 
 # The mixed batch of (b): (frames, height, width) in pixels; images are 1-frame videos.
 MIXED_CLIPS = ((17, 64, 64), (9, 48, 96), (33, 96, 48), (1, 64, 64))
@@ -238,7 +238,7 @@ def format_result(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `patchflow bench dit` (one per bench_dit argument)."""
-    from .dit import DIT_PRESETS
+    from patchflow.models.dit import DIT_PRESETS
 
     parser.add_argument("--preset", default="S/2", choices=sorted(DIT_PRESETS), help="DiT preset")
     parser.add_argument("--tokens", type=int, default=2048, help="clip length of (a), row budget of (b)")

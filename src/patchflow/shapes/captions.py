@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 
-from patchflow.data.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SceneRecord, SceneSpec, prompt_words
+from patchflow.shapes.world import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SceneRecord, SceneSpec, prompt_words
 
 
 # ---------------------------------------------------------------- short and plain

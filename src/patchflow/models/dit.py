@@ -38,10 +38,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import BACKENDS, make_plan
-from .dit_blocks import DiTBlock, FinalLayer, TimestepEmbedder
-from .rope import rope_axis_dims, rope_cos_sin
-from .weights import load_component, save_component
+from patchflow.models.attention import BACKENDS, make_plan
+from patchflow.models.dit_blocks import DiTBlock, FinalLayer, TimestepEmbedder
+from patchflow.models.rope import rope_axis_dims, rope_cos_sin
+from patchflow.weights import load_component, save_component
 
 
 X_PREDICTION_MIN_T = 0.05  # x-prediction divides by t; below this the velocity's weight stops growing
@@ -167,7 +167,7 @@ class DiT(nn.Module):
         of compilation at the start of a run. The other attention backends stay eager (their plans
         are data-dependent): a graph break on each side.
         """
-        from . import attention as attention_module
+        from patchflow.models import attention as attention_module
 
         attention_module.keep_eager_under_compile()
         for block in self.blocks:
@@ -182,7 +182,7 @@ class DiT(nn.Module):
         sequence_parallel.shard_packed) and returns its shard of the output; self-attention
         gathers the sequence with all-to-alls over heads, so P must divide num_heads.
         """
-        from .sequence_parallel import check_heads
+        from patchflow.models.sequence_parallel import check_heads
 
         if group is not None:
             import torch.distributed as dist
@@ -224,7 +224,7 @@ class DiT(nn.Module):
         backend = self.config.attention_backend
         plans = {"cross": make_plan(sample_ids, text_ids, backend, dtype)}
         if self.sp_group is not None:  # sequence parallel: self-attention runs on whole rows (sequence_parallel.py)
-            from .sequence_parallel import gather_sequence
+            from patchflow.models.sequence_parallel import gather_sequence
 
             coords, sample_ids = gather_sequence(coords, self.sp_group), gather_sequence(sample_ids, self.sp_group)
         if self.config.attention_layout == "full":

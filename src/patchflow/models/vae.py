@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from patchflow.vae_blocks import (
+from patchflow.models.vae_blocks import (
     CONVS,
     Decoder,
     Encoder,

@@ -37,7 +37,7 @@ def find_vae_folder(model: str | os.PathLike | None = None) -> Path:
 def shapes_heldout_clips(count: int, frames: int, height: int, width: int) -> list:
     """`count` fixed Shapes World clips of the held-out split (seed 2024): the Shapes VAE's test set,
     uint8 `[frames, height, width, 3]` each."""
-    from patchflow.data.shapes import render_scene, sample_scene
+    from patchflow.shapes.world import render_scene, sample_scene
 
     if count < 1:
         raise ValueError(f"--shapes must be >= 1, got {count}")
@@ -79,8 +79,8 @@ def eval_vae_report(videos: Sequence = (), model: str | os.PathLike | None = Non
     import numpy as np
 
     from patchflow.data.footage import clip_path, heldout_clips
-    from patchflow.metrics import evaluate_vae
-    from patchflow.vae import VideoVAE
+    from patchflow.evaluation.metrics import evaluate_vae
+    from patchflow.models.vae import VideoVAE
 
     compare = check_compare_path(compare) if compare else None
     folder = find_vae_folder(model)
@@ -120,7 +120,7 @@ def eval_vae_report(videos: Sequence = (), model: str | os.PathLike | None = Non
 def format_report(report: dict) -> str:
     """The text `patchflow eval vae` prints: the `metrics.format_results` table of the clips, then
     (with compare) a line naming the video written."""
-    from patchflow.metrics import format_results
+    from patchflow.evaluation.metrics import format_results
 
     text = format_results(report["clips"])
     if "compare" in report:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from patchflow.distributed import DistInfo, unwrap
+from patchflow.training.distributed import DistInfo, unwrap
 
 _NAME = re.compile(r"step_(\d{8})\.pt$")
 

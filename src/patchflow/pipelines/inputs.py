@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from patchflow.data.video_processing import fit_frames, load_image, load_video
-from patchflow.prompts import expand_prompt as expand_rule, unknown_words
-from patchflow.tasks import (context_frames, covered_pixels, latent_frame_mask, loop_plan, place_conditions,
+from patchflow.pipelines.prompts import expand_prompt as expand_rule, unknown_words
+from patchflow.pipelines.tasks import (context_frames, covered_pixels, latent_frame_mask, loop_plan, place_conditions,
                              plan_windows)
-from patchflow.vae import frames_rule, nearest_valid_frames
+from patchflow.models.vae import frames_rule, nearest_valid_frames
 
 SAMPLERS = ("euler", "heun")
 OUTPUT_TYPES = ("np", "pt", "pil")

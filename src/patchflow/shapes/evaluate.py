@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from patchflow.data.shapes import (
+from patchflow.shapes.world import (
     BACKGROUNDS, COLORS, REFERENCE_FRAMES, TRANSLATIONS, TRIANGLE_HEIGHT, FPS,
     SceneRecord, SceneSpec, object_side, parse_prompt, scale_at,
 )

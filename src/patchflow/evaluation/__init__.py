@@ -1,0 +1,1 @@
+"""Measuring: reconstruction metrics, VAE evaluation, speed benchmarks, loss plots."""

@@ -1,0 +1,1 @@
+"""`patchflow serve`: the web page, the HTTP API, the job queue."""

@@ -1,0 +1,1 @@
+"""Training: the run config, the loop, the stages in a registry, checkpoints, distributed wrapping."""

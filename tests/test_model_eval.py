@@ -17,7 +17,7 @@ from patchflow.shapes.evaluate import ATTRIBUTES
 from patchflow.shapes.model_eval import (
     FRAMES, GIVEN, PARAPHRASES, PSNR_CAP, ROWS, SIZE, build_items, evaluate_model, format_table, given_frames,
 )
-from patchflow.pipelines.prompts import expand_prompt, unknown_words
+from patchflow.shapes.prompts import expand_prompt, unknown_words
 from patchflow.pipelines.tasks import covered_pixels, frame_mask, latent_frame_mask
 from tiny_models import saved_tiny_pipeline
 

@@ -13,9 +13,9 @@ from patchflow.shapes.world import (
     BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, parse_prompt, sample_scene, scene_from_prompt,
 )
 from patchflow.pipelines.prompts import (
-    PromptExpander, RuleExpander, TransformersExpander, choose_caption, drop_caption, expand_prompt,
-    load_prompt_expander,
+    PromptExpander, RuleExpander, TransformersExpander, choose_caption, drop_caption, load_prompt_expander,
 )
+from patchflow.shapes.prompts import expand_prompt
 
 PARAPHRASES = {
     "tiny crimson ball heading left on a dark background": "a small red circle moving left on a black background",

@@ -11,7 +11,8 @@ from tiny_models import random_tiny_dit
 from patchflow.shapes.captions import captions
 from patchflow.shapes.world import sample_scene
 from patchflow.pipelines.pipeline import VideoPipeline
-from patchflow.pipelines.prompts import PromptWarning, expand_prompt, unknown_words, unknown_words_note
+from patchflow.pipelines.prompts import PromptWarning, unknown_words_note
+from patchflow.shapes.prompts import expand_prompt, unknown_words
 from patchflow.models.text import load_text_encoder
 from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
@@ -131,3 +132,19 @@ def test_saved_world_from_index_and_training_run(pipe, tmp_path):
     VideoPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, world=None).save_pretrained(run / "final")
     (run / "config.json").write_text(json.dumps({"stage": "dit", "data": {"dataset": "shapes"}}))
     assert VideoPipeline.from_pretrained(run).world is None
+
+
+def test_the_world_interface():
+    # What the pipeline asks of a world, and nothing more: read a prompt, name unknown words, judge a video.
+    from patchflow.shapes import get_world
+    from patchflow.shapes.world import render
+
+    world = get_world("shapes")
+    assert world.expand_prompt("a tiny crimson ball heading left") == "a small red circle moving left"
+    assert world.unknown_words("a dragon flying over a city") == ["dragon", "flying", "city"]
+    prompt = "a large blue square moving up on a white background"
+    assert world.judge(render(prompt), prompt).passed
+    assert not world.judge(render("a large red circle moving up on a white background"), prompt).passed
+    assert get_world(None) is None
+    with pytest.raises(ValueError, match="world must be one of"):
+        get_world("mars")

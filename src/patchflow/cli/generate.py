@@ -126,7 +126,7 @@ def run_generate(args: argparse.Namespace) -> int:
     for prompt, words in zip(prompts, unknown):
         if words:
             named = f"{prompt!r}: " if len(prompts) > 1 else ""
-            print(f"patchflow generate: note: {named}{unknown_words_note(words)}", file=sys.stderr)
+            print(f"patchflow generate: note: {named}{unknown_words_note(words, pipe.world)}", file=sys.stderr)
     paths = output_paths(args.output, prompts, args.seed, requests[0].num_frames)
     fps = args.fps or pipe.defaults["fps"]
     done = 0

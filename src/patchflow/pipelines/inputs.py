@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from patchflow.data.video_processing import fit_frames, load_image, load_video
-from patchflow.pipelines.prompts import expand_prompt as expand_rule, unknown_words
+from patchflow.shapes import get_world
 from patchflow.pipelines.tasks import (context_frames, covered_pixels, latent_frame_mask, loop_plan, place_conditions,
                              plan_windows)
 from patchflow.models.vae import frames_rule, nearest_valid_frames
@@ -36,7 +36,7 @@ class Request:
     """A checked generation request; pixel arrays are uint8 [B, T, H, W, 3], masks bool [T]."""
 
     prompts: list[str]                 # after prompt expansion
-    unknown_words: list[list[str]]     # per prompt: words its Shapes World model cannot place ([]: none / not judged)
+    unknown_words: list[list[str]]     # per prompt: words the model's world cannot place ([]: none / not judged)
     negative: list[str]                # the unconditional branch of guidance ("" = none)
     num_frames: int
     height: int
@@ -93,13 +93,6 @@ def _about(field: str):
         raise InputTypeError(field, str(e)) from None
     except ValueError as e:
         raise InputError(field, str(e)) from None
-
-
-def prompt_unknown_words(pipe, prompts: list[str], expand_prompt: bool = True) -> list[list[str]]:
-    """Per prompt, the words its model cannot place (prompts.unknown_words). Only a Shapes World model
-    (pipe.world == "shapes") reading prompts by that world's rules (expand_prompt) judges them; else []."""
-    judged = expand_prompt and pipe.world == "shapes"
-    return [unknown_words(p) if judged else [] for p in prompts]
 
 
 def _prompts(prompt: Any, what: str = "prompt") -> list[str]:
@@ -343,8 +336,9 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
                                  f"end before frame {num_frames - loop_spec[1]}")
 
     gens = check_seed(seed=seed, generator=generator, batch=batch)
-    unknown = prompt_unknown_words(pipe, prompts, expand_prompt)
-    prompts = [expand_rule(p) for p in prompts] if expand_prompt else prompts
+    world = get_world(pipe.world) if expand_prompt else None  # prompts as written are not judged
+    unknown = [world.unknown_words(p) if world else [] for p in prompts]
+    prompts = [world.expand_prompt(p) for p in prompts] if world else prompts
     task = "text-to-image" if task == "text-to-video" and num_frames == 1 else task
     direction = "backward" if extend == "backward" else "forward"
     overlap = context_frames(window, ft, direction) if num_frames > window else 0

@@ -42,6 +42,7 @@ from patchflow.paths import default_model_dir
 from patchflow.models.patches import pack
 from patchflow.pipelines.inputs import Request, check_request
 from patchflow.pipelines.prompts import PromptWarning, unknown_words_note
+from patchflow.shapes import get_world
 from patchflow.pipelines.tasks import fill_unknown, frame_mask, latent_frame_mask
 from patchflow.models.text import TextEncoder, TinyTextEncoder, load_text_encoder
 from patchflow.models.vae import VideoVAE, shape_rules
@@ -57,15 +58,15 @@ DEFAULTS = {
     "sampler": "euler",          # "euler" | "heun"
     "fps": 8,                    # the frame rate the model was trained at (for writing files)
 }
-WORLDS = ("shapes", None)  # what the model's captions described: Shapes World, or anything else (real footage)
 
 
 class VideoPipeline:
     """Transformer (DiT), causal VAE and text encoder, with the flow settings and generation defaults.
 
-    world: "shapes" when the model was trained on Shapes World captions (the built-in world, the
-    default): a call then warns (PromptWarning) about prompt words that world cannot place. None
-    for any other model (real footage): prompts are never judged.
+    world: the name of the world its captions described (patchflow.shapes.WORLDS: "shapes", the
+    built-in world and the default): a call rewrites prompts into that world's caption form and warns
+    (PromptWarning) about words it cannot place. None for any other model (real footage): prompts
+    are taken as written.
     """
 
     def __init__(self, transformer: DiT, vae: VideoVAE, text_encoder: TextEncoder,
@@ -80,8 +81,7 @@ class VideoPipeline:
         unknown = sorted(set(defaults or {}) - set(DEFAULTS))
         if unknown:
             raise ValueError(f"unknown defaults {unknown}; known: {sorted(DEFAULTS)}")
-        if world not in WORLDS:
-            raise ValueError(f"world must be 'shapes' (Shapes World captions) or None (anything else), got {world!r}")
+        get_world(world)  # a known world or None, else ValueError
         # Modes are left alone: a training loop may build a pipeline from its live (training) modules;
         # __call__ switches to eval mode only while it runs.
         self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
@@ -303,7 +303,7 @@ class VideoPipeline:
                                 strength=strength, sampler=sampler, shift=shift, expand_prompt=expand_prompt,
                                 output_type=output_type, callback_on_step_end=callback_on_step_end,
                                 progress=progress)
-        notes = [f"{p!r}: {unknown_words_note(words)}"
+        notes = [f"{p!r}: {unknown_words_note(words, self.world)}"
                  for p, words in zip([prompt] if req.single else prompt, req.unknown_words) if words]
         if notes:
             warnings.warn("; ".join(notes), PromptWarning, stacklevel=3)  # the caller (past no_grad)
@@ -404,6 +404,8 @@ def _saved_world(folder: Path, index: dict) -> str | None:
     """A saved model's world: the index's "world" (the training loop writes what its captions came from),
     "shapes" (the built-in world) for folders saved before the index named it."""
     world = index.get("world", "shapes")
-    if world not in WORLDS:
-        raise ValueError(f"{folder / MODEL_INDEX}: world must be \"shapes\" or null, got {world!r}")
+    try:
+        get_world(world)
+    except ValueError as e:
+        raise ValueError(f"{folder / MODEL_INDEX}: {e}") from None
     return world

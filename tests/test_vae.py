@@ -371,3 +371,17 @@ def test_factorized_residual_block_starts_as_the_identity():
     initialize_weights(block)  # conv1's temporal half: identity; conv2's: zero (checked in that order)
     x = torch.randn(1, 8, 5, 6, 6)
     torch.testing.assert_close(block(x), x, atol=1e-6, rtol=0)
+
+
+def test_old_config_key_patch_size_loads_as_pixel_fold(tmp_path):
+    # The VAE's pixel fold was called patch_size (the DiT's word for its spacetime patch); folders saved
+    # before the rename keep loading.
+    import json
+
+    vae = VideoVAE(VAE_PRESETS["tiny"]())
+    vae.save_pretrained(tmp_path / "v")
+    config = json.loads((tmp_path / "v" / "config.json").read_text())
+    assert "pixel_fold" in config and "patch_size" not in config
+    config["patch_size"] = config.pop("pixel_fold")
+    (tmp_path / "v" / "config.json").write_text(json.dumps(config))
+    assert VideoVAE.from_pretrained(tmp_path / "v").config.pixel_fold == VAE_PRESETS["tiny"]().pixel_fold

@@ -31,7 +31,10 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(cls: type[C], data: dict) -> C:
-    """Build dataclass `cls` from a dict, rejecting unknown keys by name."""
+    """Build dataclass `cls` from a dict, rejecting unknown keys by name. Keys a class has renamed
+    (its `RENAMED`, old name -> new) are read under their new names, so saved folders keep loading."""
+    renamed = getattr(cls, "RENAMED", {})
+    data = {renamed.get(k, k): v for k, v in data.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

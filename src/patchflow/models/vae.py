@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -30,13 +31,15 @@ from patchflow.weights import load_component, save_component
 
 @dataclass
 class VAEConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"patch_size": "pixel_fold"}  # old config.json keys (weights.config_from_dict)
     ft: int = 4  # temporal compression: T' = 1 + (T-1)/ft; one of 1, 2, 4
     fs: int = 8  # spatial compression: H' = H/fs; one of 4, 8, 16
     latent_channels: int = 16  # C, 4..32; 16 as in Wan/HunyuanVideo at 4x8x8
     base_channels: int = 64  # width of the first level
-    channel_mults: tuple[int, ...] = (1, 2)  # width multiplier per level; levels-1 = log2(fs/patch_size)
+    channel_mults: tuple[int, ...] = (1, 2)  # width multiplier per level; levels-1 = log2(fs/pixel_fold)
     num_res_blocks: int = 2  # residual blocks per encoder level (decoder uses one more)
-    patch_size: int = 4  # pixel blocks folded into channels first; 4 makes a 2-core CPU fast enough to train
+    pixel_fold: int = 4  # p x p pixel blocks folded into channels first (space-to-depth; not the DiT's
+                         # patch_size); 4 makes a 2-core CPU fast enough to train
     norm: str = "rms"  # "rms" (per-position, seam-free tiling) or "group" (GroupNorm per frame)
     shortcut: bool = False  # DC-AE parameter-free space-to-channel path around encoder and decoder
     conv: str = "3d"  # "3d" (3x3x3 causal convs) or "factorized" ((1,3,3) then causal (3,1,1): 12 taps, not 27)
@@ -54,11 +57,11 @@ class VAEConfig:
             raise ValueError(f"fs must be 4, 8 or 16, got {self.fs}")
         if not 4 <= c <= 32:
             raise ValueError(f"latent_channels must be in 4..32, got {c}")
-        if self.patch_size not in (1, 2, 4) or self.fs % self.patch_size:
-            raise ValueError(f"patch_size must be 1, 2 or 4 and divide fs={self.fs}, got {self.patch_size}")
-        downs = int(math.log2(self.fs // self.patch_size))
+        if self.pixel_fold not in (1, 2, 4) or self.fs % self.pixel_fold:
+            raise ValueError(f"pixel_fold must be 1, 2 or 4 and divide fs={self.fs}, got {self.pixel_fold}")
+        downs = int(math.log2(self.fs // self.pixel_fold))
         if len(self.channel_mults) != downs + 1:
-            raise ValueError(f"fs={self.fs} with patch_size={self.patch_size} needs {downs} downsamplings, "
+            raise ValueError(f"fs={self.fs} with pixel_fold={self.pixel_fold} needs {downs} downsamplings, "
                              f"so {downs + 1} channel_mults; got {len(self.channel_mults)}")
         if self.conv not in CONVS:
             raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
@@ -80,18 +83,18 @@ class VAEConfig:
 VAE_PRESETS: dict[str, Callable[[], VAEConfig]] = {
     # Tests: 0.47M parameters, milliseconds per call on CPU.
     "tiny": lambda: VAEConfig(ft=4, fs=4, latent_channels=4, base_channels=16, channel_mults=(1, 2),
-                              num_res_blocks=1, patch_size=2),
+                              num_res_blocks=1, pixel_fold=2),
     # Small models on the built-in world: 8 channels per 4x4x4 block (24x compression).
     "4x4x4x8": lambda: VAEConfig(ft=4, fs=4, latent_channels=8, base_channels=48, channel_mults=(1, 2),
-                                 num_res_blocks=1, patch_size=2),
+                                 num_res_blocks=1, pixel_fold=2),
     # Wan/HunyuanVideo ratio, 48x compression: 9.7M parameters, patch 4 then one spatial halving.
     "4x8x8x16": lambda: VAEConfig(ft=4, fs=8, latent_channels=16, base_channels=64, channel_mults=(1, 2),
-                                  num_res_blocks=2, patch_size=4),
+                                  num_res_blocks=2, pixel_fold=4),
     # The shipped general VAE's design (configs/vae-general.toml): 4x8x8x16 with the DC-AE shortcut,
     # GroupNorm and factorized convs, 4.8M parameters; at equal CPU minutes 27.2 dB on the held-out
     # clips where 4x8x8x16 reached 21.1 dB (benchmarks/RESULTS.md, "The general VAE").
     "general": lambda: VAEConfig(ft=4, fs=8, latent_channels=16, base_channels=64, channel_mults=(1, 2),
-                                 num_res_blocks=2, patch_size=4, norm="group", shortcut=True, logvar_init=-10.0,
+                                 num_res_blocks=2, pixel_fold=4, norm="group", shortcut=True, logvar_init=-10.0,
                                  conv="factorized"),
 }
 
@@ -217,7 +220,7 @@ class VideoVAE(nn.Module):
         super().__init__()
         self.config = c = config
         args = (c.latent_channels, c.base_channels, tuple(c.channel_mults), c.num_res_blocks,
-                int(math.log2(c.ft)), c.patch_size, c.norm, c.shortcut, c.conv)
+                int(math.log2(c.ft)), c.pixel_fold, c.norm, c.shortcut, c.conv)
         self.encoder, self.decoder = Encoder(*args, logvar_init=c.logvar_init), Decoder(*args)
         initialize_weights(self)
         self.register_buffer("latent_mean", torch.tensor(c.latent_mean).view(1, -1, 1, 1, 1), persistent=False)

@@ -422,7 +422,7 @@ def _save(run: Run, config: Config, out: Path) -> Path:
     final = out / "final"
     model_state = run.ema.full_state(run.wrapped) if run.ema is not None else train_state(run.wrapped, run.optimizer)[0]
     if run.info.is_main:
-        run.stage.component_dirs(final, model_state)
+        run.stage.save_final(final, model_state)
     _samples(run, out / "samples" / "final", config)
     barrier(run.info)
     return final

@@ -77,7 +77,7 @@ class Stage(ABC):
         """(loss to backward, logs, tokens or pixels it covered) of one micro-batch; `model` is the wrapped model."""
 
     @abstractmethod
-    def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
+    def save_final(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Write the trained component(s) with weights `model_state` into the folder `final`."""
 
     reports_mfu = False  # its steps' FLOPs are counted (step_flops), so the log shows model FLOPs utilisation
@@ -234,7 +234,7 @@ class DiTStage(Stage):
         return VideoPipeline(transformer.eval(), self.vae, self.text_encoder, flow_config=self.config.flow,
                              text_encoder_spec=self.config.text.encoder, world=world)
 
-    def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
+    def save_final(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Write a pipeline folder (see pipeline.py) with the given transformer weights."""
         self.pipeline(model_state).save_pretrained(final, dtype=dtype)
 
@@ -318,7 +318,7 @@ class VAEStage(Stage):
             self.loss_fn.discriminator.load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_opt"])
 
-    def component_dirs(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
+    def save_final(self, final: Path, model_state: dict, dtype: torch.dtype | None = None) -> None:
         """Save the VAE with its latent statistics measured on training clips (what `normalize` uses)."""
         from patchflow.models.vae import measure_latent_stats, measure_latent_whitening
 

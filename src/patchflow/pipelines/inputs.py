@@ -264,6 +264,34 @@ def _check_clips(*, videos, ends, num_frames: int, strength, image, image_frame)
                                   f"{clip_frames}")
 
 
+def _rounded_frames(pipe, num_frames: Any, notes: list[str]) -> Any:
+    """An int frame count the model cannot take -> the nearest one it can, with a note; anything else as is."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        return num_frames  # None (the default) or a value check_geometry refuses by name
+    ft, pt = pipe.vae.config.ft, pipe.transformer.config.patch_size[0]
+    rounded = nearest_valid_frames(num_frames, ft, pt)
+    if rounded != num_frames:
+        notes.append(f"{num_frames} frames rounded to {rounded} (the model takes {frames_rule(ft, pt)} frames)")
+    return rounded
+
+
+def _check_given(given: torch.Tensor, ft: int, loop_spec: tuple[int, int, int] | None) -> None:
+    """The given frames [T] against the causal VAE's latent groups and a loop's regenerated end."""
+    num_frames = len(given)
+    latent_given = latent_frame_mask(given, ft)
+    if given.any() and latent_given.all():
+        raise InputError("num_frames", f"every latent frame of the {num_frames}-frame result is given: nothing to "
+                                       f"generate; pass a larger num_frames")
+    partial = (given & ~covered_pixels(latent_given, ft)).nonzero().squeeze(1).tolist()
+    if partial:
+        warnings.warn(f"given frames {partial} share a latent frame with generated frames (the VAE encodes frame 0 "
+                      f"alone, then groups of {ft}), so they are regenerated: clips at the start keep 1 + {ft}k "
+                      f"frames, clips at the end {ft}k", stacklevel=4)
+    if loop_spec is not None and given[num_frames - loop_spec[1]:].any():
+        raise InputError("loop", f"loop=True regenerates the last {loop_spec[1]} frames; the given image/clip must "
+                                 f"end before frame {num_frames - loop_spec[1]}")
+
+
 # ---------------------------------------------------------------- the whole request
 def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num_inference_steps=None,
                   guidance_scale=None, negative_prompt=None, seed=None, generator=None, image=None,
@@ -275,13 +303,10 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
     round_frames: take an int num_frames the model cannot take as the nearest one it can, saying so
     in `Request.notes` (for command lines); otherwise such a count is refused, naming the nearest.
     """
-    d, ft, pt = pipe.defaults, pipe.vae.config.ft, pipe.transformer.config.patch_size[0]
+    d, ft = pipe.defaults, pipe.vae.config.ft
     notes = []
-    if round_frames and isinstance(num_frames, int) and not isinstance(num_frames, bool) and num_frames >= 1:
-        rounded = nearest_valid_frames(num_frames, ft, pt)
-        if rounded != num_frames:
-            notes.append(f"{num_frames} frames rounded to {rounded} (the model takes {frames_rule(ft, pt)} frames)")
-            num_frames = rounded
+    if round_frames:
+        num_frames = _rounded_frames(pipe, num_frames, notes)
     prompts, negative = check_text(prompt=prompt, negative_prompt=negative_prompt)
     batch = len(prompts)
     steps, guidance, sampler = check_sampler(defaults=d, num_inference_steps=num_inference_steps,
@@ -322,18 +347,7 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
     if strength is not None:
         source, videos = np.stack([v[:num_frames] for v in videos]), None
     canvas, given = place_conditions(batch, num_frames, height, width, ft, images, image_frame, videos, extend, ends)
-    latent_given = latent_frame_mask(given, ft)
-    if given.any() and latent_given.all():
-        raise InputError("num_frames", f"every latent frame of the {num_frames}-frame result is given: nothing to "
-                                       f"generate; pass a larger num_frames")
-    partial = (given & ~covered_pixels(latent_given, ft)).nonzero().squeeze(1).tolist()
-    if partial:
-        warnings.warn(f"given frames {partial} share a latent frame with generated frames (the VAE encodes frame 0 "
-                      f"alone, then groups of {ft}), so they are regenerated: clips at the start keep 1 + {ft}k "
-                      f"frames, clips at the end {ft}k", stacklevel=3)
-    if loop_spec is not None and given[num_frames - loop_spec[1]:].any():
-        raise InputError("loop", f"loop=True regenerates the last {loop_spec[1]} frames; the given image/clip must "
-                                 f"end before frame {num_frames - loop_spec[1]}")
+    _check_given(given, ft, loop_spec)
 
     gens = check_seed(seed=seed, generator=generator, batch=batch)
     world = get_world(pipe.world) if expand_prompt else None  # prompts as written are not judged

@@ -50,7 +50,7 @@ def base_sets(cache: Path | None) -> list[str]:
 def ensure_cache(cache: Path, items: int) -> None:
     if (cache / "meta.json").is_file():
         return
-    from patchflow.data.cache import build_cache
+    from patchflow.training.cache import build_cache
     from patchflow.training.config import load_config
 
     print(f"building a {items}-clip cache in {cache} ...", flush=True)

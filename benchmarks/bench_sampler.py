@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from patchflow.shapes.model_eval import evaluate_row
+from patchflow.evaluation.model_eval import evaluate_row
 from patchflow.pipelines.pipeline import VideoPipeline
 
 

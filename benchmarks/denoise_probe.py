@@ -25,7 +25,7 @@ from patchflow.training.checkpoint import list_checkpoints, load_checkpoint
 from patchflow.shapes.world import render_scene
 from patchflow.shapes.evaluate import evaluate_video
 from patchflow.flow import flow_matching_loss
-from patchflow.shapes.model_eval import FRAMES, SIZE, build_items
+from patchflow.evaluation.model_eval import FRAMES, SIZE, build_items
 from patchflow.models.patches import pack
 from patchflow.pipelines.pipeline import VideoPipeline
 

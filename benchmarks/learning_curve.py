@@ -3,7 +3,7 @@
     python benchmarks/learning_curve.py runs/shapes-world [--count 48] [--steps 20] [--rows heldout train] [--every 500]
 
 Each checkpoint's EMA weights go into the run's final pipeline (same VAE and text encoder) and are
-judged by `patchflow.shapes.model_eval` on the first `--count` items of each row (the same fixed items at
+judged by `patchflow.evaluation.model_eval` on the first `--count` items of each row (the same fixed items at
 every checkpoint). Minutes are wall-clock from the run's first logged step, read from log.jsonl, plus
 the time of that first log window. Writes RUN/learning_curve.json and, with matplotlib, the plot
 docs/learning-curve.png (or --plot PATH).
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from patchflow.training.checkpoint import list_checkpoints, load_checkpoint
-from patchflow.shapes.model_eval import evaluate_model
+from patchflow.evaluation.model_eval import evaluate_model
 from patchflow.pipelines.pipeline import VideoPipeline
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from patchflow.data.cache import build_cache
+from patchflow.training.cache import build_cache
 from patchflow.training.config import load_config
-from patchflow.data.cache import CachedLatents, cache_key
+from patchflow.training.cache import CachedLatents, cache_key
 from patchflow.shapes.evaluate import evaluate_video
-from patchflow.shapes.model_eval import contact_sheet
+from patchflow.evaluation.model_eval import contact_sheet
 from patchflow.pipelines.pipeline import VideoPipeline
 from patchflow.training.loop import train
 

@@ -40,9 +40,9 @@ def loss_by_t(log: list[dict], share: float = 0.1) -> list[float | None]:
 
 
 def run_probe(args) -> dict:
-    from patchflow.data.cache import build_cache
+    from patchflow.training.cache import build_cache
     from patchflow.training.config import load_config
-    from patchflow.shapes.model_eval import evaluate_row
+    from patchflow.evaluation.model_eval import evaluate_row
     from patchflow.pipelines.pipeline import VideoPipeline
     from patchflow.training.loop import train
 

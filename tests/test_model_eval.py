@@ -14,7 +14,7 @@ from patchflow.shapes.world import (
     scene_from_prompt,
 )
 from patchflow.shapes.evaluate import ATTRIBUTES
-from patchflow.shapes.model_eval import (
+from patchflow.evaluation.model_eval import (
     FRAMES, GIVEN, PARAPHRASES, PSNR_CAP, ROWS, SIZE, build_items, evaluate_model, format_table, given_frames,
 )
 from patchflow.shapes.prompts import expand_prompt, unknown_words

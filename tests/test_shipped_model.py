@@ -7,7 +7,7 @@ default 30), so a regression in the weights, the VAE, the sampler or the loading
 import pytest
 import torch
 
-from patchflow.shapes.model_eval import evaluate_row
+from patchflow.evaluation.model_eval import evaluate_row
 from patchflow.paths import default_model_dir
 from patchflow.pipelines.pipeline import MODEL_INDEX, VideoPipeline
 

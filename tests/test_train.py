@@ -170,7 +170,7 @@ def test_config_errors_name_the_valid_keys(tmp_path):
 
 
 def test_cache_then_train(tmp_path):
-    from patchflow.data.cache import build_cache
+    from patchflow.training.cache import build_cache
 
     sets = [*FAST, "train.steps=2"]
     build_cache(load_config(TINY, sets), tmp_path / "cache", items=6, progress=False)
@@ -184,7 +184,7 @@ def test_cache_then_train(tmp_path):
 
 
 def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
-    from patchflow.data.cache import CachedLatents, build_cache, cache_key
+    from patchflow.training.cache import CachedLatents, build_cache, cache_key
     from patchflow.models.vae import VAE_PRESETS, VideoVAE
 
     vae = VideoVAE(VAE_PRESETS["tiny"]())

@@ -1,4 +1,4 @@
-"""`patchflow cache`: precompute VAE latents and text states for DiT training (data/cache.py)."""
+"""`patchflow cache`: precompute VAE latents and text states for DiT training (training/cache.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from patchflow.cli.common import positive_int
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchflow.data.cache import build_cache
+    from patchflow.training.cache import build_cache
     from patchflow.training.config import load_config
 
     config = load_config(args.config, args.set or [])

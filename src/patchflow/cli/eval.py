@@ -62,7 +62,7 @@ def run_vae(args: argparse.Namespace) -> int:
 def run_model(args: argparse.Namespace) -> int:
     import torch
 
-    from patchflow.shapes.model_eval import evaluate_model, format_table
+    from patchflow.evaluation.model_eval import evaluate_model, format_table
     from patchflow.pipelines.pipeline import VideoPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,11 +129,11 @@ def add_parser(sub, argv=None) -> None:
         f"clip for the first {COMPARE_CLIPS} clips (so --shapes N shows its first {COMPARE_CLIPS}), 2-pixel "
         "white separators"))
     e.set_defaults(func=run_vae)
-    from patchflow.shapes.model_eval import ROWS
+    from patchflow.evaluation.model_eval import ROWS
 
     e = esub.add_parser("model", help="judge a Shapes World model: held-out combinations, paraphrases, every task",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="rows (src/patchflow/shapes/model_eval.py): " + ", ".join(ROWS) + "\n"
+                        epilog="rows (src/patchflow/evaluation/model_eval.py): " + ", ".join(ROWS) + "\n"
                                "examples:\n  patchflow eval model --count 100 --json --out eval.json\n"
                                "  patchflow eval model --model runs/sw --rows heldout paraphrase --count 20 "
                                "--samples sheets/")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from patchflow.training.checkpoint import EMA, list_checkpoints, load_checkpoint, load_train_state, rng_state, \
     save_checkpoint, set_rng_state, train_state
 from patchflow.training.config import Config
-from patchflow.data.build import StepSampler, collate
+from patchflow.training.data import StepSampler, collate
 from patchflow.training.distributed import DistInfo, barrier, cleanup, init_distributed, mean_across, unwrap, wrap_model
 from patchflow.flow import loss_by_t_bin
 from patchflow.hardware import peak_flops

@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from patchflow.training.config import Config
-from patchflow.data.build import build_dataset
-from patchflow.data.cache import CachedLatents, by_shape, cache_key
+from patchflow.training.data import build_dataset
+from patchflow.training.cache import CachedLatents, by_shape, cache_key
 from patchflow.models.dit import DiT
 from patchflow.flow import flow_matching_loss, sample_timesteps
 from patchflow.models.patches import pack, pad_batch

@@ -4,7 +4,7 @@
     DataLoader(dataset, batch_sampler=StepSampler(...), collate_fn=collate)
 
 Every item is a dict with `captions` and `video` float [3, T, H, W] in [-1, 1] (a
-`patchflow cache` folder gives `latent` instead: data/cache.py). Generated datasets
+`patchflow cache` folder gives `latent` instead: training/cache.py). Generated datasets
 depend only on (seed, index), so any worker count or resume point sees the same
 item for the same index.
 """
@@ -19,13 +19,13 @@ from torch.utils.data import Dataset, Sampler
 
 from patchflow.data.datasets import ShapesDataset
 
-if TYPE_CHECKING:  # only for hints: the data package sits below the config that names it
+if TYPE_CHECKING:  # hints only
     from patchflow.training.config import DataConfig
     from patchflow.training.distributed import DistInfo
 
 
 def build_dataset(d: DataConfig, seed: int) -> Dataset:
-    """The clips the [data] table `d` names (its `cache` is the DiT stage's business: data/cache.py)."""
+    """The clips the [data] table `d` names (its `cache` is the DiT stage's business: training/cache.py)."""
     sizes = [tuple(s) for s in d.sizes]
     if d.dataset == "shapes":
         if d.split == "heldout":

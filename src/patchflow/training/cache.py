@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from patchflow.data.build import build_dataset
+from patchflow.training.data import build_dataset
 from patchflow.weights import atomic_write_bytes
 
-if TYPE_CHECKING:  # only for hints: the data package sits below the config that names it
+if TYPE_CHECKING:  # hints only
     from patchflow.training.config import Config
 
 

@@ -267,3 +267,27 @@ def test_x_prediction_returns_the_velocity_of_its_clean_estimate():
     assert (v[packed.cond_mask] == 0).all() and (v[packed.sample_ids < 0] == 0).all() and v.abs().max() > 0
     with pytest.raises(ValueError, match="prediction"):
         dit_config("tiny", prediction="eps")
+
+
+def test_local_mix_sees_grid_neighbours_of_its_own_sample_only():
+    from patchflow.models.dit_blocks import NEIGHBOUR_OFFSETS, neighbour_index
+
+    latents, text, mask, cond, packed = _batch()
+    nb = neighbour_index(packed.coords, packed.sample_ids)
+    r, s, _ = packed.coords.shape
+    where = {(int(packed.sample_ids[i, j]), *packed.coords[i, j].tolist()): (i, j)
+             for i in range(r) for j in range(s) if packed.sample_ids[i, j] >= 0}
+    for (sid, t, h, w), (i, j) in list(where.items())[::7]:  # brute force on a seventh of the tokens
+        for k, (dt, dh, dw) in enumerate(NEIGHBOUR_OFFSETS):
+            hit = where.get((sid, t + dt, h + dh, w + dw))
+            assert int(nb[i, j, k]) == (hit[1] if hit else s)
+    model = random_tiny_dit(TEXT_DIM, 0, attention_backend="naive", local_mix=True).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.local.weight.normal_(0.0, 0.3)
+        packed_out = unpack(packed, model.forward_packed(packed, text, mask))
+        single_out = _per_sample(model, latents, text, mask, cond, packed)
+        plain = random_tiny_dit(TEXT_DIM, 0, attention_backend="naive").eval()
+        plain_out = unpack(packed, plain.forward_packed(packed, text, mask))
+    assert max((a - b).abs().max().item() for a, b in zip(packed_out, single_out)) < 1e-4  # packing: no leaks
+    assert max((a - b).abs().max().item() for a, b in zip(packed_out, plain_out)) > 1e-3  # and it does something

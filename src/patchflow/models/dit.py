@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from patchflow.models.attention import BACKENDS, make_plan
-from patchflow.models.dit_blocks import DiTBlock, FinalLayer, TimestepEmbedder
+from patchflow.models.dit_blocks import DiTBlock, FinalLayer, TimestepEmbedder, neighbour_index
 from patchflow.models.rope import rope_axis_dims, rope_cos_sin
 from patchflow.weights import load_component, save_component
 
@@ -65,6 +65,8 @@ class DiTConfig:
     attention_backend: str = "auto"       # see attention.py: auto | dense | sdpa | flex | varlen | naive
     gradient_checkpointing: bool = False  # recompute each block in backward: ~1/depth the activation memory
     compile: bool = False                 # torch.compile each block's dense math (see DiT.compile_blocks)
+    local_mix: bool = False               # a depthwise 3x3x3 convolution over each sample's token grid on every
+                                          # block's MLP input (dit_blocks.LocalMix): locality beside attention
     prediction: str = "v"                 # "v": the network outputs the velocity; "x": it outputs the clean
                                           # tokens x0 and forward returns v = (x_t - x0) / max(t, 0.05), so the
                                           # loss and the samplers are unchanged (x-prediction with a v-loss, JiT)
@@ -130,7 +132,8 @@ class DiT(nn.Module):
         if c.pooled_text:
             self.pool_embed = nn.Sequential(nn.Linear(c.text_dim, d), nn.SiLU(), nn.Linear(d, d))
         keys = ["self"] * c.depth if c.attention_layout == "full" else ["spatial", "temporal"] * c.depth
-        self.blocks = nn.ModuleList([DiTBlock(d, c.num_heads, c.mlp_ratio, c.qk_norm, keys[i]) for i in range(c.depth)])
+        self.blocks = nn.ModuleList([DiTBlock(d, c.num_heads, c.mlp_ratio, c.qk_norm, keys[i], c.local_mix)
+                                     for i in range(c.depth)])
         self.final = FinalLayer(d, c.token_dim)
         self.initialize_weights()
         if c.compile:
@@ -280,12 +283,17 @@ class DiT(nn.Module):
         temb, index = self._conditioning(t, sample_ids, text, text_mask)  # [U, D], [R, S] into U
         onehot = nn.functional.one_hot(index, len(temb)).to(dtype) if len(temb) > 1 else None  # [R, S, U]
 
+        neighbours = None
+        if c.local_mix:
+            if self.sp_group is not None:
+                raise ValueError("local_mix needs each sample's whole token grid on one rank: no sequence parallelism")
+            neighbours = neighbour_index(coords, sample_ids)               # [R, S, 27]
         h = self.x_embed(x)                                                # [R, S, D]
         for block in self.blocks:
             if c.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, temb, onehot, rope, text_tokens, plans, use_reentrant=False)
+                h = checkpoint(block, h, temb, onehot, rope, text_tokens, plans, neighbours, use_reentrant=False)
             else:
-                h = block(h, temb, onehot, rope, text_tokens, plans)
+                h = block(h, temb, onehot, rope, text_tokens, plans, neighbours)
         out = self.final(h, temb, onehot)                                  # [R, S, Dout]
         if c.prediction == "x":  # out is x0: the velocity of the straight path through x_t
             out = (x.to(out.dtype) - out) / t.clamp(min=X_PREDICTION_MIN_T)[..., None].to(out.dtype)

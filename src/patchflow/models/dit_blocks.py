@@ -170,6 +170,48 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+NEIGHBOUR_OFFSETS = [(dt, dh, dw) for dt in (-1, 0, 1) for dh in (-1, 0, 1) for dw in (-1, 0, 1)]  # 3x3x3
+_AXIS = 1024  # coordinates must stay below this in every axis (a 1024-token side is ~16k pixels)
+
+
+def neighbour_index(coords: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+    """For every packed token, the positions in its row of its 27 grid neighbours (itself included)
+    in the same sample: [R, S, 27] long, S (a zero pad `LocalMix` appends) where there is none
+    (past the grid's edge, a dropped token, padding). Tokens are found by their (sample, t, h, w)
+    key with a sorted search, so any packing and token order works."""
+    r, s, _ = coords.shape
+    c = coords.long()
+    valid = sample_ids >= 0
+    key = ((sample_ids.long() * _AXIS + c[..., 0]) * _AXIS + c[..., 1]) * _AXIS + c[..., 2]   # [R, S]
+    key = torch.where(valid, key, -1 - torch.arange(s, device=key.device))                   # padding: no match
+    order = key.argsort(dim=1)
+    sorted_key = key.gather(1, order)                                                        # [R, S]
+    steps = torch.tensor([(dt * _AXIS + dh) * _AXIS + dw for dt, dh, dw in NEIGHBOUR_OFFSETS], device=key.device)
+    query = (key[..., None] + steps).reshape(r, -1)                                          # [R, S * 27]
+    pos = torch.searchsorted(sorted_key, query).clamp(max=s - 1)
+    found = (sorted_key.gather(1, pos) == query) & valid.repeat_interleave(len(steps), dim=1)
+    index = torch.where(found, order.gather(1, pos), s)
+    return index.view(r, s, len(steps))
+
+
+class LocalMix(nn.Module):
+    """A depthwise 3x3x3 convolution over each sample's token grid, on packed tokens: the local
+    inductive bias of a convolution beside attention (SegFormer's Mix-FFN puts one in the MLP; a
+    DiT otherwise relates neighbouring tokens only through attention). Zero-initialised, so a block
+    starts as without it."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(len(NEIGHBOUR_OFFSETS), dim))
+
+    def forward(self, x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        r, s, d = x.shape                                                   # neighbours [R, S, 27] into 0..S
+        padded = torch.cat([x, x.new_zeros(r, 1, d)], dim=1).reshape(r * (s + 1), d)
+        rows = torch.arange(r, device=x.device)[:, None, None] * (s + 1)
+        gathered = nn.functional.embedding(neighbours + rows, padded)       # [R, S, 27, D]
+        return torch.einsum("rskd,kd->rsd", gathered, self.weight.to(x.dtype))
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero block: modulated self-attention, cross-attention to text, modulated MLP.
 
@@ -183,8 +225,10 @@ class DiTBlock(nn.Module):
     at zero through a zero-initialised output projection instead.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True, plan_key: str = "self"):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True, plan_key: str = "self",
+                 local_mix: bool = False):
         super().__init__()
+        self.local = LocalMix(dim) if local_mix else None  # a 3x3x3 token-grid convolution on the MLP's input
         self.plan_key = plan_key  # which self-attention plan: "self" (full), "spatial" or "temporal"
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, heads, qk_norm)
@@ -196,14 +240,18 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, t_onehot: torch.Tensor | None,
                 rope: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor],
-                plans: dict[str, AttentionPlan]) -> torch.Tensor:
+                plans: dict[str, AttentionPlan], neighbours: torch.Tensor | None = None) -> torch.Tensor:
         """x [R, S, D]; temb [U, D] (SiLU applied); t_onehot [R, S, U] picks each token's row, None when U == 1;
-        text (tokens [N, D], index [R, K]) as CrossAttention takes it."""
+        text (tokens [N, D], index [R, K]) as CrossAttention takes it; neighbours from `neighbour_index`
+        when the block has a LocalMix."""
         mod = spread(self.adaLN(temb), t_onehot)                          # [R, S, 6D] or [1, 1, 6D]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope, plans[self.plan_key])
         x = x + self.cross(self.norm2(x), text, plans["cross"])
-        return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
+        h = modulate(self.norm3(x), shift2, scale2)
+        if self.local is not None:
+            h = h + self.local(h, neighbours)
+        return x + gate2 * self.mlp(h)
 
 
 class FinalLayer(nn.Module):

@@ -15,7 +15,8 @@ from patchflow.shapes.world import (
 )
 from patchflow.shapes.evaluate import ATTRIBUTES
 from patchflow.evaluation.model_eval import (
-    FRAMES, GIVEN, PARAPHRASES, PSNR_CAP, ROWS, SIZE, build_items, evaluate_model, format_table, given_frames,
+    FRAMES, GIVEN, PARAPHRASES, PSNR_CAP, ROWS, SIZE, build_items, evaluate_model, evaluate_row, format_table,
+    given_frames,
 )
 from patchflow.shapes.prompts import expand_prompt, unknown_words
 from patchflow.pipelines.tasks import covered_pixels, frame_mask, latent_frame_mask
@@ -205,3 +206,17 @@ def test_cli_eval_model_json(model_dir, tmp_path, capsys):
     assert main(["eval", "model", "--model", str(tmp_path / "nothing"), "--count", "1"]) == 2
     with pytest.raises(SystemExit):
         main(["eval", "model", "--rows", "teleport"])
+
+
+def test_rows_of_images_are_judged_on_what_an_image_shows():
+    # frames=1 (a model trained on images): the first frame of a perfect render passes; conditioning
+    # rows are made of whole clips and refuse it.
+    class Images:
+        def __call__(self, prompt, num_frames, height, width, seed, **kwargs):
+            assert num_frames == 1
+            return np.stack([GroundTruthPipeline._render(expand_prompt(p), s)[:1] for p, s in zip(prompt, seed)])
+
+    result = evaluate_row(Images(), "heldout", count=12, progress=False, frames=1)
+    assert result["all"] >= 0.9 and result["shape"] >= 0.9
+    with pytest.raises(ValueError, match="text-only rows"):
+        evaluate_row(Images(), "image_to_video", count=2, progress=False, frames=1)

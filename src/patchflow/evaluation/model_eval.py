@@ -202,8 +202,11 @@ def _check_pipeline(pipe: Any) -> None:
 
 def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, batch_size: int = 8, progress: bool = True,
-                 samples: str | Path | None = None) -> dict[str, float]:
+                 samples: str | Path | None = None, frames: int = FRAMES) -> dict[str, float]:
     """Make and judge one row's `count` videos (batches of `batch_size` prompts per pipeline call).
+
+    frames: the length of rows without given frames (1: images, judged on background, presence and
+    shape only, as the evaluator does for single frames); the conditioning rows are always FRAMES long.
 
     Returns {"count", "all", per-attribute shares, "seconds"}, plus "given_psnr" (conditioning rows) or
     "loop_psnr" (loop) with "kept" and "all_kept". samples: a folder for contact sheets ROW.png (the
@@ -219,10 +222,12 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
     shown: list[tuple[np.ndarray, str]] = []
     failed: list[tuple[np.ndarray, str]] = []
     idx = given_frames(row)
+    if frames != FRAMES and (row in GIVEN or row == "loop"):
+        raise ValueError(f"row {row!r} is made of {FRAMES}-frame clips; frames={frames} applies to text-only rows")
     with tqdm(total=count, desc=row, unit="video", disable=not progress) as bar:
         for b in range(0, count, batch_size):
             batch = items[b:b + batch_size]
-            videos = pipe([it.prompt for it in batch], num_frames=FRAMES, height=SIZE, width=SIZE,
+            videos = pipe([it.prompt for it in batch], num_frames=frames, height=SIZE, width=SIZE,
                           num_inference_steps=steps, guidance_scale=guidance, seed=[it.seed for it in batch],
                           progress=False, **_inputs(row, batch))  # (B, T, H, W, 3) uint8
             for it, video in zip(batch, np.asarray(videos)):

@@ -45,6 +45,26 @@ def test_tiny_dit_trains_and_loads(tmp_path):
     assert video.shape == (5, 32, 32, 3) and video.dtype == np.uint8
 
 
+def test_warm_start_from_a_run(tmp_path):
+    # train.init_from: a second run (e.g. video after images) starts from the first run's transformer.
+    from patchflow.models.dit import DiT
+
+    first = train("dit", load_config(TINY, [*FAST, "train.steps=3", "train.sample_every=0"]), tmp_path / "a",
+                  progress=False)
+    trained = DiT.from_pretrained(first / "transformer").state_dict()
+    config = load_config(TINY, [*FAST, "train.steps=1", "train.lr=0", "train.warmup=0", "train.ema_decay=0",
+                                "train.sample_every=0", f'train.init_from="{tmp_path / "a"}"'])
+    second = train("dit", config, tmp_path / "b", progress=False)
+    after = DiT.from_pretrained(second / "transformer").state_dict()
+    assert all(torch.equal(trained[k], after[k]) for k in trained)  # lr 0: the warm weights, unchanged
+    with pytest.raises(ValueError, match="other parameters"):
+        train("dit", load_config(TINY, [*FAST, "train.steps=1", "dit.depth=1", f'train.init_from="{tmp_path / "a"}"']),
+              tmp_path / "c", progress=False)
+    with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
+        train("dit", load_config(TINY, [*FAST, "train.steps=1", f'train.init_from="{tmp_path}"']), tmp_path / "d",
+              progress=False)
+
+
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_exact_resume(tmp_path, monkeypatch, compiled):
     # compiled: the Shapes World recipe's way (compiled blocks, bf16): the resumed run compiles anew

@@ -96,15 +96,13 @@ class VideoPipeline:
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> VideoPipeline:
         """Load a pipeline folder (with model_index.json), a training run (its `final/`), or None = the shipped model."""
-        shipped = path is None
-        root = Path(default_model_dir() if shipped else path).expanduser()
-        folder = next((f for f in (root, root / "final") if (f / MODEL_INDEX).is_file()), None)
-        if folder is None:
-            if shipped:
+        if path is None:
+            root = default_model_dir()
+            if not (root / MODEL_INDEX).is_file():
                 raise FileNotFoundError(f"the shipped model is missing: no {MODEL_INDEX} in {root}; pass a model "
                                         "folder with --model DIR (VideoPipeline.from_pretrained(DIR)) or set "
                                         "PATCHFLOW_MODEL, e.g. a run folder written by `patchflow train`")
-            raise FileNotFoundError(f"{root} is not a pipeline folder: no {MODEL_INDEX} in it or in {root / 'final'}")
+        folder = pipeline_folder(default_model_dir() if path is None else path)
         index = json.loads((folder / MODEL_INDEX).read_text())
         missing = sorted({"transformer", "vae", "text_encoder"} - set(index))
         if missing:
@@ -398,6 +396,15 @@ class VideoPipeline:
         """Sample b's noise from its own generator (or the shared one), drawn window after window."""
         gen = req.generators[b] if len(req.generators) > 1 else req.generators[0]
         return torch.randn(shape, generator=gen, device=gen.device)
+
+
+def pipeline_folder(path: str | os.PathLike) -> Path:
+    """The folder holding model_index.json: `path` itself, or its final/ (a training run)."""
+    root = Path(path).expanduser()
+    folder = next((f for f in (root, root / "final") if (f / MODEL_INDEX).is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"{root} is not a pipeline folder: no {MODEL_INDEX} in it or in {root / 'final'}")
+    return folder
 
 
 def _saved_world(folder: Path, index: dict) -> str | None:

@@ -201,6 +201,8 @@ def _setup(stage_name: str, config: Config, info: DistInfo) -> Run:
     model = stage.model.to(info.device)
     data_info = _sequence_parallel(stage, tc.sequence_parallel, info)
     stage.check_geometry()
+    if tc.init_from:  # a warm start; --resume then loads its checkpoint over it
+        stage.init_from(tc.init_from)
     if tc.compile:
         stage.compile()
     frozen = freeze_parameters(model, tc.freeze)

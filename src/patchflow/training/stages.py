@@ -98,6 +98,10 @@ class Stage(ABC):
         """Shard each batch's token sequence over `group`; only stages with `sequence_parallel` can."""
         raise NotImplementedError(f"the {self.name} stage has no sequence parallelism")
 
+    def init_from(self, folder: str) -> None:
+        """Load the trained weights of the stage's component from a run or pipeline folder (train.init_from)."""
+        raise NotImplementedError(f"the {self.name} stage cannot warm-start")
+
     def dataset(self) -> Dataset:
         """What the loop draws batches from: the clips of the [data] table by default."""
         return build_dataset(self.config.data, self.config.train.seed)
@@ -145,6 +149,17 @@ class DiTStage(Stage):
 
     def check_geometry(self) -> None:
         check_data_geometry(self.config, self.vae, self.model.config.patch_size)
+
+    def init_from(self, folder: str) -> None:
+        """The transformer of a pipeline folder or run: same architecture, any data it was trained on."""
+        from patchflow.pipelines.pipeline import pipeline_folder
+
+        state = DiT.from_pretrained(pipeline_folder(folder) / "transformer").state_dict()
+        own = self.model.state_dict()
+        if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in own.items()}:
+            raise ValueError(f"train.init_from={folder}: its transformer has other parameters than this run's "
+                             f"[dit] (width, depth, patch, local_mix or pooled_text differ)")
+        self.model.load_state_dict(state)
 
     def dataset(self) -> Dataset:
         """The clips, or their latents and text states from a `patchflow cache` folder (data.cache)."""

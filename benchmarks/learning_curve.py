@@ -1,9 +1,10 @@
 """Learning curve of a DiT run: held-out accuracy of each saved checkpoint against wall-clock and steps.
 
     python benchmarks/learning_curve.py runs/shapes-world [--count 48] [--steps 20] [--rows heldout train] [--every 500]
+    python benchmarks/learning_curve.py runs/long/img-general-b128 --frames 1 --every 1000   # a text-to-image run
 
-Each checkpoint's EMA weights go into the run's final pipeline (same VAE and text encoder) and are
-judged by `patchflow.evaluation.model_eval` on the first `--count` items of each row (the same fixed items at
+Each checkpoint's EMA weights go into the run's pipeline (its final/, or for a run still going or
+stopped, one built from its config.json: same VAE and text encoder) and are judged by `patchflow.evaluation.model_eval` on the first `--count` items of each row (the same fixed items at
 every checkpoint). Minutes are wall-clock from the run's first logged step, read from log.jsonl, plus
 the time of that first log window. Writes RUN/learning_curve.json and, with matplotlib, the plot
 docs/learning-curve.png (or --plot PATH).
@@ -30,6 +31,20 @@ def step_minutes(run: Path) -> dict[int, float]:
     return {r["step"]: (r["time"] - start) / 60 for r in records}
 
 
+def run_pipeline(run: Path) -> VideoPipeline:
+    """The run's final pipeline, or one built from its config.json (a run that has not finished)."""
+    if (run / "final" / "model_index.json").is_file():
+        return VideoPipeline.from_pretrained(run)
+    from patchflow.training.config import config_from_data
+    from patchflow.training.stages import DiTStage
+
+    saved = json.loads((run / "config.json").read_text())
+    if saved.pop("stage", None) != "dit":
+        raise SystemExit(f"{run} is not a DiT run")
+    stage = DiTStage(config_from_data(saved), torch.device("cpu"))
+    return stage.pipeline(stage.model.state_dict())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
@@ -38,9 +53,10 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["heldout"])
     parser.add_argument("--every", type=int, default=1, help="only checkpoints whose step is a multiple of this")
     parser.add_argument("--plot", type=Path, default=Path("docs/learning-curve.png"))
+    parser.add_argument("--frames", type=int, default=17, help="judged length (1: a text-to-image run; default 17)")
     args = parser.parse_args()
 
-    pipe = VideoPipeline.from_pretrained(args.run)
+    pipe = run_pipeline(args.run)
     minutes = step_minutes(args.run)
     out_path = args.run / "learning_curve.json"
     curve = json.loads(out_path.read_text()) if out_path.is_file() else {}
@@ -50,7 +66,8 @@ def main() -> None:
         if str(step) in curve or step % args.every:
             continue
         pipe.transformer.load_state_dict({k: v.float() for k, v in state["ema"].items()})
-        rows = evaluate_model(pipe, rows=args.rows, count=args.count, steps=args.steps, progress=False)
+        rows = evaluate_model(pipe, rows=args.rows, count=args.count, steps=args.steps, progress=False,
+                              frames=args.frames)
         curve[str(step)] = {"step": step, "minutes": round(minutes.get(step, float("nan")), 2),
                             **{row: {k: v for k, v in r.items() if k != "seconds"} for row, r in rows.items()}}
         print(json.dumps(curve[str(step)]), flush=True)

@@ -261,15 +261,17 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
 
 def evaluate_model(pipe: Any, rows: tuple[str, ...] | list[str] = ROWS, count: int = 100, seed: int = 0,
                    steps: int | None = None, guidance: float | None = None, batch_size: int = 8,
-                   progress: bool = True, samples: str | Path | None = None) -> dict[str, dict[str, float]]:
+                   progress: bool = True, samples: str | Path | None = None,
+                   frames: int = FRAMES) -> dict[str, dict[str, float]]:
     """Every row of `rows` (module docstring): row -> {"count", "all", per-attribute shares, ..., "seconds"}.
 
     pipe: a VideoPipeline (or anything called like one). steps / guidance: None = the pipeline's defaults.
+    frames: as `evaluate_row` (1 judges a text-to-image model; text-only rows then).
     """
     unknown = [r for r in rows if r not in ROWS]
     if unknown or not rows:
         raise ValueError(f"unknown rows {unknown}; rows are {list(ROWS)}")
-    return {row: evaluate_row(pipe, row, count, seed, steps, guidance, batch_size, progress, samples)
+    return {row: evaluate_row(pipe, row, count, seed, steps, guidance, batch_size, progress, samples, frames)
             for row in rows}
 
 

@@ -60,6 +60,15 @@ def test_warm_start_from_a_run(tmp_path):
     with pytest.raises(ValueError, match="other parameters"):
         train("dit", load_config(TINY, [*FAST, "train.steps=1", "dit.depth=1", f'train.init_from="{tmp_path / "a"}"']),
               tmp_path / "c", progress=False)
+    vae_run = train("vae", load_config(TINY, [*FAST, "train.steps=1", "train.sample_every=0"]), tmp_path / "v",
+                    progress=False)
+    warm = train("vae", load_config(TINY, [*FAST, "train.steps=1", "train.lr=0", "train.warmup=0", "train.ema_decay=0",
+                                           "train.sample_every=0", f'train.init_from="{tmp_path / "v"}"']),
+                 tmp_path / "w", progress=False)
+    from patchflow.models.vae import VideoVAE
+
+    a, b = (VideoVAE.from_pretrained(f / "vae").state_dict() for f in (vae_run, warm))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the VAE stage warm-starts too
     with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
         train("dit", load_config(TINY, [*FAST, "train.steps=1", f'train.init_from="{tmp_path}"']), tmp_path / "d",
               progress=False)

@@ -46,6 +46,13 @@ def check_data_geometry(config: Config, vae: VideoVAE, patch: tuple = (1, 1, 1))
         vae.check_size(h, w, patch[1:], names=("data.sizes height", "data.sizes width"))
 
 
+def _load_same_shapes(model: nn.Module, state: dict, message: str) -> None:
+    """Load `state` into `model`, refusing with `message` unless every parameter name and shape match."""
+    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in model.state_dict().items()}:
+        raise ValueError(message)
+    model.load_state_dict(state)
+
+
 @torch.no_grad()
 def object_tokens(packed, threshold: float) -> torch.Tensor:
     """Tokens unlike their frame's background: bool [R, S], True where a token's latent lies more than
@@ -98,9 +105,9 @@ class Stage(ABC):
         """Shard each batch's token sequence over `group`; only stages with `sequence_parallel` can."""
         raise NotImplementedError(f"the {self.name} stage has no sequence parallelism")
 
+    @abstractmethod
     def init_from(self, folder: str) -> None:
         """Load the trained weights of the stage's component from a run or pipeline folder (train.init_from)."""
-        raise NotImplementedError(f"the {self.name} stage cannot warm-start")
 
     def dataset(self) -> Dataset:
         """What the loop draws batches from: the clips of the [data] table by default."""
@@ -155,11 +162,8 @@ class DiTStage(Stage):
         from patchflow.pipelines.pipeline import pipeline_folder
 
         state = DiT.from_pretrained(pipeline_folder(folder) / "transformer").state_dict()
-        own = self.model.state_dict()
-        if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in own.items()}:
-            raise ValueError(f"train.init_from={folder}: its transformer has other parameters than this run's "
-                             f"[dit] (width, depth, patch, local_mix or pooled_text differ)")
-        self.model.load_state_dict(state)
+        _load_same_shapes(self.model, state, f"train.init_from={folder}: its transformer has other parameters "
+                                             "than this run's [dit] (width, depth, patch, local_mix or pooled_text differ)")
 
     def dataset(self) -> Dataset:
         """The clips, or their latents and text states from a `patchflow cache` folder (data.cache)."""
@@ -289,6 +293,16 @@ class VAEStage(Stage):
     def check_geometry(self) -> None:
         if self.config.data.dataset == "shapes":  # footage and folders are resized to fit
             check_data_geometry(self.config, self.model)
+
+    def init_from(self, folder: str) -> None:
+        """The VAE of a VAE folder, a VAE run (its final/vae) or a pipeline folder (its vae/)."""
+        root = Path(folder).expanduser()
+        found = next((f for f in (root, root / "vae", root / "final" / "vae") if (f / "model.safetensors").is_file()
+                      and (f / "config.json").is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"train.init_from={folder}: no VAE in it, its vae/ or its final/vae")
+        _load_same_shapes(self.model, VideoVAE.from_pretrained(found).state_dict(),
+                          f"train.init_from={folder}: its VAE has other parameters than this run's [vae]")
 
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:

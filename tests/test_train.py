@@ -96,7 +96,8 @@ def test_exact_resume(tmp_path, monkeypatch, compiled):
     monkeypatch.setattr("patchflow.training.loop.save_checkpoint", real_save)
     with pytest.raises(ValueError, match="--resume"):  # never silently overwrite a run
         train("dit", load_config(TINY, sets), tmp_path / "resumed", progress=False)
-    train("dit", load_config(TINY, sets), tmp_path / "resumed", resume=True, progress=False)
+    # Resumed from the run's own config.json (`--config RUN/config.json --resume`), which must hold it all.
+    train("dit", load_config(tmp_path / "resumed" / "config.json"), tmp_path / "resumed", resume=True, progress=False)
 
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
     a = load_file(tmp_path / "straight" / "final" / "transformer" / "model.safetensors")

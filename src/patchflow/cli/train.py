@@ -33,9 +33,11 @@ def add_parser(sub, argv=None) -> None:
                               "  torchrun --standalone --nproc_per_node 2 -m patchflow train dit "
                               "--config configs/tiny.toml --out runs/ddp\n\n"
                               "SIGTERM or Ctrl-C stops after the current step with a checkpoint (exit code 75);\n"
-                              "--resume continues exactly where it stopped.")
+                              "--resume continues exactly where it stopped; the run's own config.json serves\n"
+                              "when the original command line is lost:\n"
+                              "  patchflow train dit --config runs/tiny/config.json --out runs/tiny --resume")
     p.add_argument("stage", choices=("vae", "dit"), help="which model to train")
-    p.add_argument("--config", type=Path, help="TOML file: a diff of the defaults in training/config.py")
+    p.add_argument("--config", type=Path, help="TOML file: a diff of the defaults in training/config.py; or a run's config.json")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one field, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="run folder: config, log, checkpoints, samples, final/")

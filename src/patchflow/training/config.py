@@ -291,16 +291,23 @@ def config_from_data(data: dict) -> Config:
 
 
 def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the TOML file at `path`, then `section.key=value` overrides."""
+    """Defaults, then the TOML file (or a run's config.json) at `path`, then `section.key=value` overrides."""
     data: dict[str, dict] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such config file: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: invalid TOML ({e})") from e
+        if path.suffix == ".json":  # a run's config.json: rerun or resume it as it was
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: invalid JSON ({e})") from e
+            data.pop("stage", None)  # the run's stage, which the command line names
+        else:
+            try:
+                data = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: invalid TOML ({e})") from e
     config = config_from_data(data)
     for item in sets:
         key, sep, value = item.partition("=")

@@ -53,6 +53,9 @@ def test_model_sections_keep_their_tables():
     (["text.encoder=\"mini-lm\""], FileNotFoundError, "'mini-lm' is neither 'minilm', 'tiny' nor an existing folder"),
     (["text.model=\"tiny\""], ValueError, "unknown TextSection keys \\['model'\\]; valid keys: \\['encoder'\\]"),
     (["train.steps"], ValueError, "expected section.key=value"),
+    (["data.attribute_dropout=1.5"], ValueError, r"data.attribute_dropout must be in \[0, 1\], got 1.5"),
+    (["data.attribute_dropout=0.2", "data.dataset=\"folder\""], ValueError,
+     "data.attribute_dropout needs Shapes World captions .* got data.dataset = 'folder'"),
 ])
 def test_bad_values_fail_when_the_config_is_read(sets, error, message):
     with pytest.raises(error, match=message):

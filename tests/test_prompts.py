@@ -15,7 +15,7 @@ from patchflow.shapes.world import (
 from patchflow.pipelines.prompts import (
     PromptExpander, RuleExpander, TransformersExpander, choose_caption, drop_caption, load_prompt_expander,
 )
-from patchflow.shapes.prompts import expand_prompt
+from patchflow.shapes.prompts import drop_attribute, expand_prompt
 
 PARAPHRASES = {
     "tiny crimson ball heading left on a dark background": "a small red circle moving left on a black background",
@@ -138,6 +138,27 @@ def test_drop_caption_rate():
     assert drop_caption("x", 0.0, rng) == "x" and drop_caption("x", 1.0, rng) == ""
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         drop_caption("x", 1.5, rng)
+
+
+def test_drop_attribute_leaves_out_one_attribute_at_a_time():
+    plain = "a small red circle moving right on a black background"
+    rng = random.Random(0)
+    seen = Counter(drop_attribute(plain, rng) for _ in range(800))
+    assert set(seen) == {"a red circle moving right on a black background",
+                         "a small circle moving right on a black background",
+                         "a small red circle on a black background",
+                         "a small red circle moving right"}
+    assert min(seen.values()) > 150  # each of the four about equally often
+    two = "a small red circle moving right and a large blue square standing still on a white background"
+    for _ in range(50):
+        out = drop_attribute(two, rng)
+        # size or colour: one word fewer; a motion: two; the background ("on a white background"): four
+        assert len(two.split()) - len(out.split()) in {1, 2, 4}
+        assert "circle" in out and "square" in out  # the shapes always stay
+    assert drop_attribute("a red circle moving left", random.Random(3)) in {
+        "a circle moving left", "a red circle"}
+    with pytest.raises(ValueError, match="did not understand"):
+        drop_attribute("a dragon over a city", rng)
 
 
 def test_load_prompt_expander_specs(tmp_path):

@@ -10,6 +10,8 @@ model are told, not left guessing.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import re
 
 from patchflow.shapes.captions import caption_vocabulary, plain_caption
@@ -191,3 +193,28 @@ def unknown_words(prompt: str) -> list[str]:
     backgrounds, words = _scan(prompt)
     found = (w.strip("'") for w in words + backgrounds)  # background phrases cut out, e.g. "forest"
     return list(dict.fromkeys(w for w in found if w and w not in _KNOWN_WORDS))
+
+
+# ---------------------------------------------------------------- compositional captions
+def drop_attribute(caption: str, rng: random.Random) -> str:
+    """The plain caption with one of its attributes left out, drawn uniformly: an object's size,
+    colour or motion, or the background.
+
+    "a small red circle moving right on a black background" -> "a small circle moving right on a
+    black background" (or without "small", "moving right" or the background). Training on such
+    captions (`data.attribute_dropout`) shows each word's effect apart from the words it usually
+    comes with, which is what held-out colour/shape/motion combinations ask of a model. The shape
+    always stays: a caption names at least what is drawn. Raises ValueError for a caption that is
+    not in the plain form.
+    """
+    scene = parse_prompt(caption)
+    choices = [(i, name) for i, o in enumerate(scene.objects) for name in ("size", "color", "motion")
+               if getattr(o, name)]
+    if scene.background:
+        choices.append((-1, "background"))
+    i, name = rng.choice(choices)
+    if i < 0:
+        return plain_caption(dataclasses.replace(scene, background=None))
+    objects = list(scene.objects)
+    objects[i] = dataclasses.replace(objects[i], **{name: None})
+    return plain_caption(dataclasses.replace(scene, objects=objects))

@@ -54,7 +54,8 @@ def cache_key(config: Config) -> dict:
     for a trained one, its weights) and the text encoder. The cache holds raw posteriors, so the
     VAE's latent statistics (applied at load time by `normalize`) are not part of it."""
     data = {k: v for k, v in config.to_dict()["data"].items() if k not in ("cache", "workers", "caption_dropout",
-                                                                            "caption_styles", "length")}
+                                                                            "attribute_dropout", "caption_styles",
+                                                                            "length")}
     vae = config.vae.table()
     if config.vae.path:  # the weights name the VAE; how its path is spelled (relative, absolute) does not
         vae = {**{k: v for k, v in vae.items() if k != "path"}, "weights": _weights_digest(config.vae.path)}

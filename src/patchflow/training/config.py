@@ -166,6 +166,7 @@ class DataConfig:
     resize: str = "crop"             # folder datasets: crop | pad | stretch to the drawn size
     caption_styles: dict = field(default_factory=lambda: dict(DEFAULT_CAPTION_WEIGHTS))  # style -> weight
     caption_dropout: float = 0.1     # share of empty captions: what classifier-free guidance needs
+    attribute_dropout: float = 0.0   # Shapes World: share of captions with one attribute left out (compositional)
     length: int = 10_000_000         # virtual length of generated datasets (Shapes World, footage)
     workers: int = 0                 # DataLoader worker processes (0 = in the training process)
     cache: str = ""                  # folder of precomputed latents/text states (`patchflow cache`)
@@ -174,6 +175,11 @@ class DataConfig:
         _choice("data.dataset", self.dataset, DATASETS)
         _choice("data.split", self.split, SPLITS)
         _choice("data.resize", self.resize, RESIZE_MODES)
+        if not 0.0 <= self.attribute_dropout <= 1.0:
+            raise ValueError(f"data.attribute_dropout must be in [0, 1], got {self.attribute_dropout}")
+        if self.attribute_dropout and "shapes" not in self.dataset:
+            raise ValueError(f"data.attribute_dropout needs Shapes World captions (data.dataset = \"shapes\" or "
+                             f"\"footage+shapes\"), got data.dataset = {self.dataset!r}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from patchflow.models.dit import DiT
 from patchflow.flow import flow_matching_loss, sample_timesteps
 from patchflow.models.patches import pack, pad_batch
 from patchflow.pipelines.prompts import choose_caption, drop_caption
+from patchflow.shapes import get_world
 from patchflow.models.sequence_parallel import shard_packed, shard_sequence
 from patchflow.models.text import TextEmbeddingCache, TextEncoder, load_text_encoder
 from patchflow.models.vae import VideoVAE
@@ -79,6 +80,17 @@ class Stage(ABC):
     model: nn.Module  # what the loop wraps (DDP/FSDP), optimises and checkpoints
 
     @abstractmethod
+    def caption(self, captions: dict[str, str], rng: random.Random) -> str:
+        """One training caption of an item: a style drawn by weight or, with probability
+        `data.attribute_dropout`, the plain caption with one attribute left out (Shapes World)."""
+        d = self.config.data
+        if d.attribute_dropout and rng.random() < d.attribute_dropout and "plain" in captions:
+            try:
+                return get_world("shapes").drop_attribute(captions["plain"], rng)
+            except ValueError:  # not a Shapes World caption (footage in a mixed dataset)
+                pass
+        return choose_caption(captions, rng, d.caption_styles)
+
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
         """(loss to backward, logs, tokens or pixels it covered) of one micro-batch; `model` is the wrapped model."""
@@ -198,13 +210,23 @@ class DiTStage(Stage):
                 out[i] = z[j]
         return out
 
+    def caption(self, captions: dict[str, str], rng: random.Random) -> str:
+        """One training caption of an item: a style drawn by weight or, with probability
+        `data.attribute_dropout`, the plain caption with one attribute left out (Shapes World)."""
+        d = self.config.data
+        if d.attribute_dropout and rng.random() < d.attribute_dropout and "plain" in captions:
+            try:
+                return get_world("shapes").drop_attribute(captions["plain"], rng)
+            except ValueError:  # not a Shapes World caption (footage in a mixed dataset)
+                pass
+        return choose_caption(captions, rng, d.caption_styles)
+
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
         from patchflow.pipelines.tasks import sample_task
 
         c, d = self.config, self.config.data
-        captions = [drop_caption(choose_caption(caps, rng, d.caption_styles), d.caption_dropout, rng)
-                    for caps in batch["captions"]]
+        captions = [drop_caption(self.caption(caps, rng), d.caption_dropout, rng) for caps in batch["captions"]]
         latents = self.latents(batch, gen)
         tasks, cond_frames = zip(*(sample_task(z.shape[1], self.tasks, rng, self.model.config.patch_size[0])
                                     for z in latents))
@@ -303,6 +325,17 @@ class VAEStage(Stage):
             raise FileNotFoundError(f"train.init_from={folder}: no VAE in it, its vae/ or its final/vae")
         _load_same_shapes(self.model, VideoVAE.from_pretrained(found).state_dict(),
                           f"train.init_from={folder}: its VAE has other parameters than this run's [vae]")
+
+    def caption(self, captions: dict[str, str], rng: random.Random) -> str:
+        """One training caption of an item: a style drawn by weight or, with probability
+        `data.attribute_dropout`, the plain caption with one attribute left out (Shapes World)."""
+        d = self.config.data
+        if d.attribute_dropout and rng.random() < d.attribute_dropout and "plain" in captions:
+            try:
+                return get_world("shapes").drop_attribute(captions["plain"], rng)
+            except ValueError:  # not a Shapes World caption (footage in a mixed dataset)
+                pass
+        return choose_caption(captions, rng, d.caption_styles)
 
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:

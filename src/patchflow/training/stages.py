@@ -80,17 +80,6 @@ class Stage(ABC):
     model: nn.Module  # what the loop wraps (DDP/FSDP), optimises and checkpoints
 
     @abstractmethod
-    def caption(self, captions: dict[str, str], rng: random.Random) -> str:
-        """One training caption of an item: a style drawn by weight or, with probability
-        `data.attribute_dropout`, the plain caption with one attribute left out (Shapes World)."""
-        d = self.config.data
-        if d.attribute_dropout and rng.random() < d.attribute_dropout and "plain" in captions:
-            try:
-                return get_world("shapes").drop_attribute(captions["plain"], rng)
-            except ValueError:  # not a Shapes World caption (footage in a mixed dataset)
-                pass
-        return choose_caption(captions, rng, d.caption_styles)
-
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:
         """(loss to backward, logs, tokens or pixels it covered) of one micro-batch; `model` is the wrapped model."""
@@ -325,17 +314,6 @@ class VAEStage(Stage):
             raise FileNotFoundError(f"train.init_from={folder}: no VAE in it, its vae/ or its final/vae")
         _load_same_shapes(self.model, VideoVAE.from_pretrained(found).state_dict(),
                           f"train.init_from={folder}: its VAE has other parameters than this run's [vae]")
-
-    def caption(self, captions: dict[str, str], rng: random.Random) -> str:
-        """One training caption of an item: a style drawn by weight or, with probability
-        `data.attribute_dropout`, the plain caption with one attribute left out (Shapes World)."""
-        d = self.config.data
-        if d.attribute_dropout and rng.random() < d.attribute_dropout and "plain" in captions:
-            try:
-                return get_world("shapes").drop_attribute(captions["plain"], rng)
-            except ValueError:  # not a Shapes World caption (footage in a mixed dataset)
-                pass
-        return choose_caption(captions, rng, d.caption_styles)
 
     def batch_loss(self, model: nn.Module, batch: dict, step: int, rng: random.Random,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict, int]:

@@ -1,11 +1,11 @@
 """Assemble the shipped Shapes World model from the recipe's runs (docs/training.md).
 
-    python scripts/ship_model.py runs/shapes-world runs/shapes-vae-decoder \
+    python scripts/ship_model.py runs/shapes-world [runs/shapes-vae-decoder] \
         -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4]
 
-Takes the DiT run's pipeline (its transformer, text encoder, flow settings), swaps in the VAE of the
-decoder-only stage (refused unless its encoder and latent statistics are the ones the DiT was trained
-on: bit for bit), marks the model's world as "shapes" (so prompts outside it are reported), sets the
+Takes the DiT run's pipeline (its transformer, text encoder, flow settings, VAE), swaps in the VAE of
+a decoder-only stage when one is named (refused unless its encoder and latent statistics are the ones
+the DiT was trained on: bit for bit), marks the model's world as "shapes" (so prompts outside it are reported), sets the
 default sampler settings chosen by benchmarks/bench_sampler.py, and saves everything in fp16.
 """
 
@@ -24,22 +24,16 @@ from patchflow.models.vae import VideoVAE
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dit_run", type=Path, help="DiT training run (or pipeline folder)")
-    parser.add_argument("vae_run", type=Path, help="decoder-only VAE run (or its final/vae folder)")
+    parser.add_argument("vae_run", type=Path, nargs="?",
+                        help="decoder-only VAE run (or its final/vae folder); default: the DiT run's own VAE")
     parser.add_argument("-o", "--output", type=Path, required=True, help="pipeline folder to write (replaced)")
     parser.add_argument("--steps", type=int, help="default num_inference_steps")
     parser.add_argument("--guidance", type=float, help="default guidance_scale")
     args = parser.parse_args()
 
     pipe = VideoPipeline.from_pretrained(args.dit_run)
-    vae_dir = args.vae_run / "final" / "vae" if (args.vae_run / "final" / "vae").is_dir() else args.vae_run
-    vae = VideoVAE.from_pretrained(vae_dir)
-    old, new = pipe.vae.state_dict(), vae.state_dict()
-    if old.keys() != new.keys() or any(not torch.equal(old[k], new[k]) for k in old if k.startswith("encoder")):
-        raise SystemExit(f"{vae_dir}: its encoder is not the one {args.dit_run} was trained on")
-    stats = ("latent_mean", "latent_std", "latent_whiten")
-    if any(getattr(pipe.vae.config, k) != getattr(vae.config, k) for k in stats):
-        raise SystemExit(f"{vae_dir}: its latent statistics differ from the DiT's VAE")
-    pipe.vae = vae
+    if args.vae_run is not None:
+        pipe.vae = decoder_stage_vae(pipe, args.vae_run)
     pipe.world = "shapes"
     if args.steps is not None:
         pipe.defaults["num_inference_steps"] = args.steps
@@ -51,7 +45,20 @@ def main() -> None:
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
     dit_params = sum(p.numel() for p in pipe.transformer.parameters())
     print(f"wrote {args.output}: {size / 2**20:.1f} MiB (fp16); DiT {dit_params / 1e6:.1f}M parameters, "
-          f"VAE {vae.num_parameters() / 1e6:.2f}M; defaults {pipe.defaults}")
+          f"VAE {pipe.vae.num_parameters() / 1e6:.2f}M; defaults {pipe.defaults}")
+
+
+def decoder_stage_vae(pipe: VideoPipeline, vae_run: Path) -> VideoVAE:
+    """The VAE of a decoder-only run, refused unless its encoder and statistics are the pipeline's."""
+    vae_dir = vae_run / "final" / "vae" if (vae_run / "final" / "vae").is_dir() else vae_run
+    vae = VideoVAE.from_pretrained(vae_dir)
+    old, new = pipe.vae.state_dict(), vae.state_dict()
+    if old.keys() != new.keys() or any(not torch.equal(old[k], new[k]) for k in old if k.startswith("encoder")):
+        raise SystemExit(f"{vae_dir}: its encoder is not the one the DiT was trained on")
+    stats = ("latent_mean", "latent_std", "latent_whiten")
+    if any(getattr(pipe.vae.config, k) != getattr(vae.config, k) for k in stats):
+        raise SystemExit(f"{vae_dir}: its latent statistics differ from the DiT's VAE")
+    return vae
 
 
 if __name__ == "__main__":

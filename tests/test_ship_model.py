@@ -1,0 +1,40 @@
+"""scripts/ship_model.py turns a training run into the shipped pipeline folder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from patchflow.pipelines.pipeline import VideoPipeline
+from patchflow.training.config import load_config
+from patchflow.training.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ship_model_writes_an_fp16_shapes_pipeline(tmp_path):
+    run = tmp_path / "run"
+    train("dit", load_config(ROOT / "configs" / "tiny.toml", ["train.steps=1", "train.sample_every=0",
+                                                                 "data.sizes=[[32, 32]]", "data.frames=[5]"]),
+          run, progress=False)
+    out = tmp_path / "shipped"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(run), "-o", str(out),
+                    "--steps", "12", "--guidance", "3.5"], check=True, capture_output=True, text=True)
+    pipe = VideoPipeline.from_pretrained(out)
+    assert pipe.world == "shapes"
+    assert (pipe.defaults["num_inference_steps"], pipe.defaults["guidance_scale"]) == (12, 3.5)
+    weights = load_file(out / "transformer" / "model.safetensors")
+    assert all(w.dtype == torch.float16 for w in weights.values() if w.is_floating_point())
+    # A decoder-only VAE whose encoder is not the DiT's is refused, and nothing is written.
+    other = tmp_path / "other-vae"
+    pipe.vae.save_pretrained(other)
+    state = load_file(other / "model.safetensors")
+    key = next(k for k in state if k.startswith("encoder"))
+    state[key] = state[key] + 1
+    save_file(state, other / "model.safetensors")
+    failed = subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(run), str(other),
+                             "-o", str(tmp_path / "refused")], capture_output=True, text=True)
+    assert failed.returncode != 0 and "its encoder is not the one" in failed.stderr
+    assert not (tmp_path / "refused").exists()

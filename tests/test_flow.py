@@ -7,8 +7,10 @@ import torch
 
 from patchflow.flow import (
     FlowConfig, expand_t, flow_loss, flow_matching_loss, guided_velocity, interpolate, loss_by_t_bin, make_noise,
-    sample, sample_timesteps, shift_for_tokens, shift_time, timesteps, unshift_time, velocity_target,
+    sample, sample_timesteps, share_noise_over_frames, shared_noise_shape, shift_for_tokens, shift_time, timesteps,
+    unshift_time, velocity_target,
 )
+from patchflow.models.patches import pack
 
 
 # ---------------------------------------------------------------- objective
@@ -151,6 +153,36 @@ def test_loss_has_gradient_and_video_mask():
     loss.backward()
     assert loss.item() == pytest.approx(1.0)
     assert bool((pred.grad[:, :, 0] == 0).all()) and bool((pred.grad[:, :, 1:] != 0).all())
+
+
+def test_frame_noise_share_correlates_frames_of_one_position_only():
+    # Two clips: 4 latent frames of 3x2 tokens and 2 frames of 1x2.
+    latents = [torch.zeros(4, 4, 6, 4), torch.zeros(4, 2, 2, 4)]
+    packed = pack(latents, (1, 2, 2))
+    gen = torch.Generator().manual_seed(0)
+    draws = []
+    for _ in range(4000):
+        noise = torch.randn(packed.tokens.shape, generator=gen)
+        shape = shared_noise_shape(packed.coords, packed.sample_ids, 2, noise.shape[-1])
+        assert shape == (2, 3, 2, 16)
+        draws.append(share_noise_over_frames(noise, packed.coords, packed.sample_ids, 0.6,
+                                             torch.randn(shape, generator=gen)).flatten(0, 1))
+    x = torch.stack(draws)  # (n, R * S, D)
+    assert abs(x.var().item() - 1) < 0.02  # still unit variance per element
+    c, ids = packed.coords.flatten(0, 1), packed.sample_ids.flatten()
+
+    def corr(i, j):
+        return torch.corrcoef(torch.stack([x[:, i].flatten(), x[:, j].flatten()]))[0, 1].item()
+
+    token = {(int(ids[i]), *map(int, c[i])): i for i in range(len(ids)) if ids[i] >= 0}
+    assert abs(corr(token[0, 0, 1, 1], token[0, 3, 1, 1]) - 0.6) < 0.03  # same place, other frame
+    assert abs(corr(token[0, 0, 1, 1], token[0, 0, 2, 1])) < 0.03     # another place
+    assert abs(corr(token[0, 2, 0, 0], token[1, 1, 0, 0])) < 0.03     # another clip
+    assert abs(corr(token[1, 0, 0, 1], token[1, 1, 0, 1]) - 0.6) < 0.03
+    noise = torch.randn(packed.tokens.shape)
+    assert share_noise_over_frames(noise, packed.coords, packed.sample_ids, 0.0, None) is noise
+    with pytest.raises(ValueError, match=r"frame_noise_share must be in \[0, 1\), got 1.0"):
+        FlowConfig(frame_noise_share=1.0)
 
 
 def test_loss_by_t_bin():

@@ -315,3 +315,17 @@ def test_attribute_dropout_gives_compositional_captions():
     assert all(stage.caption(caps, rng) in caps.values() for _ in range(100))
     stage.config.data.attribute_dropout = 1.0  # footage captions in a mixed dataset are kept as they are
     assert stage.caption({"plain": "a dog runs on a beach"}, rng) == "a dog runs on a beach"
+
+
+def test_frame_noise_share_trains_and_samples_with_the_same_prior(tmp_path):
+    from patchflow.pipelines.pipeline import VideoPipeline
+
+    sets = [*FAST, "train.steps=2", "train.sample_every=0", "flow.frame_noise_share=0.5"]
+    train("dit", load_config(TINY, sets), tmp_path / "run", progress=False)
+    pipe = VideoPipeline.from_pretrained(tmp_path / "run")
+    assert pipe.flow_config.frame_noise_share == 0.5  # saved with the model: sampling uses the prior it learned
+    kwargs = dict(num_frames=5, height=32, width=32, num_inference_steps=2, seed=3, progress=False)
+    a, b = pipe("a red circle moving right", **kwargs), pipe("a red circle moving right", **kwargs)
+    assert np.array_equal(a, b)  # seeded: the shared draw comes from the request's generator too
+    pipe.flow_config.frame_noise_share = 0.0
+    assert not np.array_equal(a, pipe("a red circle moving right", **kwargs))

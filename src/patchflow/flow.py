@@ -47,6 +47,11 @@ class FlowConfig:
     loss_weighting: str = "sample"  # "sample": each sample counts equally; "token": each token does
     object_weight: float = 0.0     # > 0: tokens unlike their frame's background weigh 1 + this in the loss
     object_threshold: float = 2.5  # such a token lies this many times the frame's median distance from its median token
+    frame_noise_share: float = 0.0  # share of each token's noise variance common to its (h, w) in every frame (PYoCo)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.frame_noise_share < 1.0:
+            raise ValueError(f"flow.frame_noise_share must be in [0, 1), got {self.frame_noise_share}")
 
 
 # ---------------------------------------------------------------- shapes
@@ -125,11 +130,36 @@ def sample_timesteps(n: int, cfg: FlowConfig, num_tokens: int | torch.Tensor | N
     return t.to(device) if device is not None else t
 
 
+def share_noise_over_frames(noise: torch.Tensor, coords: torch.Tensor, sample_ids: torch.Tensor, share: float,
+                            shared: torch.Tensor) -> torch.Tensor:
+    """The mixed noise prior of PYoCo (Ge et al. 2023) on packed tokens: every frame of a sample
+    starts from partly the same noise, so its frames begin alike and only have to differ.
+
+    noise [R, S, D] independent N(0, 1) per token; coords [R, S, 3] (t, h, w); sample_ids [R, S]
+    (-1 = padding); shared [N, Hmax, Wmax, D] one N(0, 1) draw per sample and spatial position.
+    Returns sqrt(1 - share) * noise + sqrt(share) * shared[sample, h, w]: still N(0, 1) per
+    element, with correlation `share` between the tokens of one position in different frames.
+    share = 0 returns `noise` itself.
+    """
+    if share == 0:
+        return noise
+    ids = sample_ids.clamp(min=0)
+    common = shared.to(noise.device, noise.dtype)[ids, coords[..., 1], coords[..., 2]]  # (R, S, D)
+    return (1 - share) ** 0.5 * noise + share ** 0.5 * common
+
+
+def shared_noise_shape(coords: torch.Tensor, sample_ids: torch.Tensor, num_samples: int, dim: int) -> tuple:
+    """The shape [N, Hmax, Wmax, D] of `share_noise_over_frames`'s shared draw for these packed tokens."""
+    valid = sample_ids >= 0
+    return (num_samples, int(coords[..., 1][valid].max()) + 1, int(coords[..., 2][valid].max()) + 1, dim)
+
+
 def flow_matching_loss(model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, cond: Any = None, *,
                        generator: torch.Generator | None = None, loss_mask: torch.Tensor | None = None,
                        sample_ids: torch.Tensor | None = None, num_samples: int | None = None,
                        weighting: str = "sample", shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                       group=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       group=None, mix_noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training objective, whole (minRF's `forward`): noise, the point x_t, the model's velocity, masked MSE.
 
     x0 [N, ...] clean data (packed tokens [R, S, D]); t the noise levels, a prefix of x0's shape
@@ -138,10 +168,13 @@ def flow_matching_loss(model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, con
     loss_mask, sample_ids, num_samples, weighting: as in `flow_loss`, for the elements model_fn sees.
     Sequence parallelism: `shard` cuts full rows [R, S, ...] to this rank's part (x_t, t and the
     target, before the model), loss_mask and sample_ids are given as this rank's part, and `group`
-    is the ranks that share the rows (see `flow_loss`).
+    is the ranks that share the rows (see `flow_loss`). mix_noise: noise -> the noise used (e.g.
+    `share_noise_over_frames`), applied to the independent draw.
     Returns (loss, per-sample losses [num_samples], detached; NaN for a sample with no generated element).
     """
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (N, ...)
+    if mix_noise is not None:
+        noise = mix_noise(noise)
     x_t = interpolate(x0, noise, t)
     target = velocity_target(x0, noise)
     if shard is not None:

@@ -29,7 +29,7 @@ from patchflow.training.config import Config
 from patchflow.training.data import build_dataset
 from patchflow.training.cache import CachedLatents, by_shape, cache_key
 from patchflow.models.dit import DiT
-from patchflow.flow import flow_matching_loss, sample_timesteps
+from patchflow.flow import flow_matching_loss, sample_timesteps, share_noise_over_frames, shared_noise_shape
 from patchflow.models.patches import pack, pad_batch
 from patchflow.pipelines.prompts import choose_caption, drop_caption
 from patchflow.shapes import get_world
@@ -244,11 +244,16 @@ class DiTStage(Stage):
         def velocity(x_t, t_tok, cond):  # the DiT as flow.py's model_fn, on this rank's tokens
             return model(x_t, t_tok, local.coords, local.sample_ids, *cond)
 
+        def mix_noise(noise):  # frames that start from partly the same noise (flow.frame_noise_share)
+            shape = shared_noise_shape(packed.coords, packed.sample_ids, len(latents), noise.shape[-1])
+            return share_noise_over_frames(noise, packed.coords, packed.sample_ids, c.flow.frame_noise_share,
+                                           torch.randn(shape, generator=gen))
+
         loss, per_sample = flow_matching_loss(
             velocity, packed.tokens, t_tok, (text, text_mask), generator=gen,
             loss_mask=weights if shard is None else shard(weights),
             sample_ids=local.sample_ids, num_samples=len(latents), weighting=c.flow.loss_weighting, shard=shard,
-            group=self.sp_group)
+            group=self.sp_group, mix_noise=mix_noise if c.flow.frame_noise_share else None)
         logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
                 "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean()),
                 **logs_extra}

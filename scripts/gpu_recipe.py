@@ -11,11 +11,14 @@ script does the whole recipe in one command and writes only what the CPU needs t
     # back here: judge it like any run
     patchflow eval model --model OUT/final --rows heldout --count 48 --steps 20 --guidance 4
 
-Stages, each timed and printed: (1) the Shapes VAE (`--vae-config`, skipped with `--vae DIR`),
-(2) a latent cache of `--items` clips, (3) the DiT recipe (configs/shapes-world.toml with RECIPE and
-`--set` on top) for as many steps as fit the minutes left (measured on the first 200 steps), with
-checkpoints, (4) OUT/final (the pipeline: transformer, VAE, model_index.json), OUT/log.jsonl and
-OUT/timings.json: at most 8 files, as the device tool returns them.
+Stages, each timed and printed: (1) the VAE (the shipped general VAE by default; `--vae DIR` for
+another, `--vae train` trains a Shapes VAE from `--vae-config`), (2) latent caches of `--items` clips
+and of `--items` single frames, (3) the DiT in two phases, as the CPU ladder found (benchmarks/RESULTS.md):
+text-to-image on the frames (IMAGE) for `--image-share` of the DiT's time, then text-to-video on the
+clips (VIDEO) warm-started from it, each for as many steps as fit its time (the rate measured on a
+short run first), with checkpoints; configs/shapes-world.toml with RECIPE, the phase's sets and
+`--set` on top, (4) OUT/final (the pipeline: transformer, VAE, model_index.json), OUT/log.jsonl (the
+video phase), OUT/image-log.jsonl and OUT/timings.json: at most 8 files, as the device tool returns them.
 
     python scripts/gpu_recipe.py --out /tmp/gpu --tiny     # the CPU check (tests/test_gpu_recipe.py)
 """
@@ -30,11 +33,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The best rung of the probe ladder so far (benchmarks/RESULTS.md, "The Shapes World probe ladder").
-RECIPE = ["dit.hidden_size=128", "train.lr=1.5e-3", "tasks.text_to_video=0.8", "tasks.image_to_video=0.05",
-          "tasks.extend_forward=0.05", "tasks.extend_backward=0.05", "tasks.connect=0.05", "dit.patch_size=[1,4,4]"]
+# The best rungs of the probe ladder so far (benchmarks/RESULTS.md, "The Shapes World probe ladder"):
+# width 128 at lr 1.5e-3 and batch 128; text-to-image first, then video warm-started from it.
+RECIPE = ["dit.hidden_size=128", "dit.patch_size=[1,2,2]", "train.lr=1.5e-3", "train.batch_size=128"]
+IMAGE = ["data.sizes=[[64,64]]", "data.frames=[1]", "tasks.text_to_video=1", "tasks.image_to_video=0",
+         "tasks.extend_forward=0", "tasks.extend_backward=0", "tasks.connect=0"]
+VIDEO = ["tasks.text_to_video=0.8", "tasks.image_to_video=0.05", "tasks.extend_forward=0.05",
+         "tasks.extend_backward=0.05", "tasks.connect=0.05", "flow.frame_noise_share=0.5"]
+GENERAL_VAE = ROOT / "src/patchflow/pretrained/vae-general"
 TINY = ["vae.path=\"\"", "vae.preset=\"tiny\"", "text.encoder=\"tiny\"", "dit.preset=\"tiny\"", "dit.patch_size=[1,2,2]",
-        "data.sizes=[[32,32]]", "data.frames=[1,9]", "train.compile=false", "train.batch_size=4"]
+        "data.sizes=[[32,32]]", "train.compile=false", "train.batch_size=4"]
+TINY_VIDEO = ["data.frames=[1,9]"]  # the tiny sizes win over the phase's
 
 
 WORDS = "embeddings.word_embeddings.weight"
@@ -128,33 +137,41 @@ def run(args) -> dict:
     work, out, timings = args.work, args.out, {}
     deadline = time.perf_counter() + 60 * args.minutes
     unpack_minilm(work)
-    vae = args.vae
-    if vae is None and not args.tiny:
+    vae = None if args.tiny else args.vae
+    if vae == "train":
         with _stage("vae", timings):
             config = load_config(args.vae_config, [f"train.steps={args.vae_steps}", "train.batch_size=32",
                                                    "train.checkpoint_every=1000000", "train.sample_every=0"])
             vae = train("vae", config, work / "vae", progress=False) / "vae"
-    sets = [*([f'vae.path="{vae}"'] if vae else []), *RECIPE, *args.sets]
-    if args.tiny:
-        sets = [*sets, *TINY]  # the tiny sizes win over the recipe's
-    with _stage("cache", timings):
-        build_cache(load_config(args.config, sets), work / "cache", args.items, progress=False)
-    sets = [*sets, f'data.cache="{work / "cache"}"', "train.log_every=50", "train.sample_every=0"]
-    with _stage("dit-rate", timings):  # a short run measures the step rate for the budget
-        probe_steps = 20 if args.tiny else 200
-        train("dit", load_config(args.config, [*sets, f"train.steps={probe_steps}"]), work / "rate", progress=False)
-    rate = probe_steps / timings["dit-rate"]
-    left = deadline - time.perf_counter() - args.reserve
-    steps = args.steps or max(probe_steps, int(rate * left))
-    print(f"{rate:.1f} steps/s, {left:.0f} s left: training {steps} steps", flush=True)
-    with _stage("dit", timings):
-        final = train("dit", load_config(args.config, [*sets, f"train.steps={steps}",
-                                                      f"train.checkpoint_every={max(1, steps // 5)}"]),
-                      work / "dit", progress=False)
+    common, tiny = [*([f'vae.path="{vae}"'] if vae else []), *RECIPE], (TINY if args.tiny else [])
+    phases = {"image": [*common, *IMAGE, *tiny], "video": [*common, *VIDEO, *tiny, *(TINY_VIDEO if args.tiny else [])]}
+    for name, sets in phases.items():
+        with _stage(f"cache-{name}", timings):
+            build_cache(load_config(args.config, sets), work / f"cache-{name}", args.items, progress=False)
+        sets += [f'data.cache="{work / f"cache-{name}"}"', "train.log_every=50", "train.sample_every=0", *args.sets]
+    dit_start = time.perf_counter()
+    budget = deadline - dit_start - args.reserve
+    report = {"sets": phases}
+    phases["video"].append(f'train.init_from="{work / "image"}"')
+    for name, share in (("image", args.image_share), ("video", 1.0)):
+        with _stage(f"{name}-rate", timings):  # a short run measures the step rate for the budget
+            probe_steps = 20 if args.tiny else 200
+            train("dit", load_config(args.config, [*phases[name], f"train.steps={probe_steps}"]), work / f"{name}-rate",
+                  progress=False)
+        rate = probe_steps / timings[f"{name}-rate"]
+        left = dit_start + share * budget - time.perf_counter()
+        steps = args.steps or max(probe_steps, int(rate * left))
+        print(f"{name}: {rate:.1f} steps/s, {left:.0f} s left: training {steps} steps", flush=True)
+        with _stage(name, timings):
+            final = train("dit", load_config(args.config, [*phases[name], f"train.steps={steps}",
+                                                          f"train.checkpoint_every={max(1, steps // 5)}"]),
+                          work / name, progress=False)
+        report[name] = {"steps": steps, "steps_per_s": round(rate, 2)}
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(final, out / "final", dirs_exist_ok=True)
-    shutil.copy(work / "dit" / "log.jsonl", out / "log.jsonl")
-    report = {"steps": steps, "steps_per_s": round(rate, 2), "seconds": timings, "sets": sets}
+    shutil.copy(work / "video" / "log.jsonl", out / "log.jsonl")
+    shutil.copy(work / "image" / "log.jsonl", out / "image-log.jsonl")
+    report["seconds"] = timings
     (out / "timings.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -168,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/shapes-world.toml")
     parser.add_argument("--vae-config", type=Path, default=ROOT / "configs/shapes-vae-4x4.toml")
     parser.add_argument("--vae-steps", type=int, default=900, help="VAE steps at batch 32 (default 900)")
-    parser.add_argument("--vae", type=Path, help="a trained VAE folder instead of training one")
-    parser.add_argument("--items", type=int, default=30000, help="clips in the latent cache (default 30000)")
-    parser.add_argument("--steps", type=int, help="DiT steps (default: as many as the budget allows)")
+    parser.add_argument("--vae", default=str(GENERAL_VAE),
+                        help="the VAE folder (default: the shipped general VAE), or 'train' for a Shapes VAE")
+    parser.add_argument("--items", type=int, default=30000, help="clips (and frames) per latent cache (default 30000)")
+    parser.add_argument("--image-share", type=float, default=0.4,
+                        help="share of the DiT's time for the text-to-image phase (default 0.4)")
+    parser.add_argument("--steps", type=int, help="DiT steps per phase (default: as many as the budget allows)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override the recipe (repeatable)")
     parser.add_argument("--tiny", action="store_true", help="tiny models and sizes: the CPU check")

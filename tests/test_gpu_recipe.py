@@ -15,10 +15,14 @@ def test_gpu_recipe_tiny_writes_what_the_device_returns(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["steps"] == 6 and set(report["seconds"]) == {"cache", "dit-rate", "dit"}
+    assert report["image"]["steps"] == report["video"]["steps"] == 6
+    assert set(report["seconds"]) == {f"{s}{p}" for s in ("cache-", "") for p in ("image", "video")} | {
+        "image-rate", "video-rate"}
+    assert "data.frames=[1]" in report["sets"]["image"] and "data.frames=[1]" not in report["sets"]["video"]
+    assert any(s.startswith("train.init_from=") for s in report["sets"]["video"])  # video starts from the image phase
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert "final/model_index.json" in files and "final/transformer/model.safetensors" in files
-    assert "log.jsonl" in files and "timings.json" in files
+    assert "log.jsonl" in files and "image-log.jsonl" in files and "timings.json" in files
     assert len(files) <= 8 and all(len(Path(f).parts) <= 3 for f in files)  # what the device tool returns
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
 

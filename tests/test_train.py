@@ -329,3 +329,11 @@ def test_frame_noise_share_trains_and_samples_with_the_same_prior(tmp_path):
     assert np.array_equal(a, b)  # seeded: the shared draw comes from the request's generator too
     pipe.flow_config.frame_noise_share = 0.0
     assert not np.array_equal(a, pipe("a red circle moving right", **kwargs))
+
+
+def test_factorized_layout_trains(tmp_path):
+    # Its FLOP count needs each clip's (T, H, W) grid: the loop once crashed on the first step here.
+    sets = [*FAST, "train.steps=2", "train.sample_every=0", 'dit.attention_layout="factorized"']
+    train("dit", load_config(TINY, sets), tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and np.isfinite(log[-1]["loss"])

@@ -173,7 +173,9 @@ class DiTStage(Stage):
         return super().dataset()
 
     def step_flops(self, logs: dict) -> float:
-        return 3 * self.model.estimate_flops(logs["lengths"], text_len=logs["text_len"])
+        # Token counts (after any token drop); the factorized layout's attention needs the grids.
+        per_sample = logs["grids"] if self.model.config.attention_layout == "factorized" else logs["lengths"]
+        return 3 * self.model.estimate_flops(per_sample, text_len=logs["text_len"])
 
     def timestep_losses(self, logs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return logs["t"], logs["per_sample"]
@@ -255,7 +257,7 @@ class DiTStage(Stage):
             sample_ids=local.sample_ids, num_samples=len(latents), weighting=c.flow.loss_weighting, shard=shard,
             group=self.sp_group, mix_noise=mix_noise if c.flow.frame_noise_share else None)
         logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
-                "tasks": list(tasks), "lengths": lengths.tolist(), "text_len": int(text_mask.sum(1).float().mean()),
+                "tasks": list(tasks), "lengths": lengths.tolist(), "grids": [tuple(g) for g in packed.grids], "text_len": int(text_mask.sum(1).float().mean()),
                 **logs_extra}
         return loss, logs, int(packed.loss_mask.sum())
 

@@ -2,6 +2,7 @@
 
     python benchmarks/learning_curve.py runs/shapes-world [--count 48] [--steps 20] [--rows heldout train] [--every 500]
     python benchmarks/learning_curve.py runs/long/img-general-b128 --frames 1 --every 1000   # a text-to-image run
+    python benchmarks/learning_curve.py runs/long/vid-warm-b128 --every 1000 --shift 3      # another sampler shift
 
 Each checkpoint's EMA weights go into the run's pipeline (its final/, or for a run still going or
 stopped, one built from its config.json: same VAE and text encoder) and are judged by `patchflow.evaluation.model_eval` on the first `--count` items of each row (the same fixed items at
@@ -54,28 +55,33 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="only checkpoints whose step is a multiple of this")
     parser.add_argument("--plot", type=Path, default=Path("docs/learning-curve.png"))
     parser.add_argument("--frames", type=int, default=17, help="judged length (1: a text-to-image run; default 17)")
+    parser.add_argument("--shift", type=float, default=None,
+                        help="the sampler's time shift (default: the model's rule; its points are kept apart)")
     args = parser.parse_args()
 
     pipe = run_pipeline(args.run)
+    if args.shift:
+        pipe.flow_config.fixed_shift = args.shift
     minutes = step_minutes(args.run)
     out_path = args.run / "learning_curve.json"
     curve = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for path in list_checkpoints(args.run / "checkpoints"):
         state = load_checkpoint(path)
         step = int(state["step"])
-        if str(step) in curve or step % args.every:
+        key = str(step) if not args.shift else f"{step}@shift{args.shift:g}"
+        if key in curve or step % args.every:
             continue
         pipe.transformer.load_state_dict({k: v.float() for k, v in state["ema"].items()})
         rows = evaluate_model(pipe, rows=args.rows, count=args.count, steps=args.steps, progress=False,
                               frames=args.frames)
-        curve[str(step)] = {"step": step, "minutes": round(minutes.get(step, float("nan")), 2),
-                            **{row: {k: v for k, v in r.items() if k != "seconds"} for row, r in rows.items()}}
-        print(json.dumps(curve[str(step)]), flush=True)
+        curve[key] = {"step": step, "minutes": round(minutes.get(step, float("nan")), 2), "shift": args.shift,
+                      **{row: {k: v for k, v in r.items() if k != "seconds"} for row, r in rows.items()}}
+        print(json.dumps(curve[key]), flush=True)
         out_path.write_text(json.dumps(curve, indent=1) + "\n")
         del state
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
-    points = sorted(curve.values(), key=lambda p: p["step"])
+    points = sorted((p for p in curve.values() if p.get("shift") == args.shift), key=lambda p: p["step"])
 
     def draw(ax):
         for row in args.rows:

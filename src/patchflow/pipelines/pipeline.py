@@ -45,7 +45,7 @@ from patchflow.pipelines.inputs import Request, check_request
 from patchflow.pipelines.prompts import PromptWarning, unknown_words_note
 from patchflow.shapes import get_world
 from patchflow.pipelines.tasks import fill_unknown, frame_mask, latent_frame_mask
-from patchflow.models.text import TextEncoder, TinyTextEncoder, load_text_encoder
+from patchflow.models.text import TEXT_ENCODERS, TextEncoder, TinyTextEncoder, load_text_encoder
 from patchflow.models.vae import VideoVAE, shape_rules
 from patchflow.weights import atomic_write_bytes, config_from_dict
 
@@ -111,7 +111,7 @@ class VideoPipeline:
         transformer = DiT.from_pretrained(folder / index["transformer"])
         vae = VideoVAE.from_pretrained(folder / index["vae"])
         spec = index["text_encoder"]
-        text_encoder = load_text_encoder(spec if spec in ("minilm", "tiny") or not (folder / spec).exists()
+        text_encoder = load_text_encoder(spec if spec in TEXT_ENCODERS or not (folder / spec).exists()
                                          else str(folder / spec))
         flow = config_from_dict(FlowConfig, index.get("flow", {}))
         pipe = cls(transformer.eval(), vae.eval(), text_encoder.eval(), flow, index.get("defaults"), spec,
@@ -136,14 +136,16 @@ class VideoPipeline:
         return directory
 
     def _text_encoder_entry(self) -> str:
-        """"minilm" / "tiny" when the name rebuilds this encoder exactly, else "text_encoder" (saved beside)."""
+        """"minilm" / "minilm+words" / "tiny" when the name rebuilds this encoder exactly, else "text_encoder"
+        (saved beside)."""
         enc = self.text_encoder
         if isinstance(enc, TinyTextEncoder):
             fresh = TinyTextEncoder(enc.config)  # a trained tiny encoder differs from its seed's weights
             same = all(torch.equal(a.cpu().float(), b) for a, b in zip(enc.state_dict().values(),
                                                                       fresh.state_dict().values()))
             return "tiny" if same and self.text_encoder_spec == "tiny" else "text_encoder"
-        return "minilm" if getattr(enc, "spec", None) == "minilm" else "text_encoder"
+        spec = getattr(enc, "spec", None)
+        return spec if spec in ("minilm", "minilm+words") else "text_encoder"
 
     # ------------------------------------------------------------ devices and memory
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoPipeline:

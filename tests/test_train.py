@@ -57,6 +57,11 @@ def test_warm_start_from_a_run(tmp_path):
     second = train("dit", config, tmp_path / "b", progress=False)
     after = DiT.from_pretrained(second / "transformer").state_dict()
     assert all(torch.equal(trained[k], after[k]) for k in trained)  # lr 0: the warm weights, unchanged
+    checkpoint = sorted((tmp_path / "a" / "checkpoints").glob("*.pt"))[-1]  # the EMA of a run still going
+    config = load_config(TINY, [*FAST, "train.steps=1", "train.lr=0", "train.warmup=0", "train.ema_decay=0",
+                                "train.sample_every=0", f'train.init_from="{checkpoint}"'])
+    from_checkpoint = DiT.from_pretrained(train("dit", config, tmp_path / "b2", progress=False) / "transformer")
+    assert all(torch.equal(trained[k], v) for k, v in from_checkpoint.state_dict().items())
     with pytest.raises(ValueError, match="other parameters"):
         train("dit", load_config(TINY, [*FAST, "train.steps=1", "dit.depth=1", f'train.init_from="{tmp_path / "a"}"']),
               tmp_path / "c", progress=False)

@@ -214,7 +214,8 @@ class TrainConfig:
     compile: bool = False            # torch.compile the model's blocks
     freeze: list = field(default_factory=list)  # parameter-name prefixes kept fixed, e.g. ["encoder"]: decoder-only VAE tuning
     init_from: str = ""              # warm start: the trained weights of a run or pipeline folder (its final/, the
-                                     # stage's component) before step 0, e.g. a text-to-image DiT before video
+                                     # stage's component) before step 0, e.g. a text-to-image DiT before video;
+                                     # the DiT stage also takes a checkpoint file (its EMA weights)
     packing: str = "pack"            # pack (NaViT, first-fit-decreasing into token budgets) | pad (one clip per row)
     token_budget: int = 0            # tokens per packed row; 0 = the longest sample's length
     token_drop: float = 0.0          # share of tokens dropped per sample (NaViT); never condition tokens

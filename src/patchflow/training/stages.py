@@ -159,10 +159,16 @@ class DiTStage(Stage):
         check_data_geometry(self.config, self.vae, self.model.config.patch_size)
 
     def init_from(self, folder: str) -> None:
-        """The transformer of a pipeline folder or run: same architecture, any data it was trained on."""
+        """The transformer of a pipeline folder or run, or a run's checkpoint file (its EMA weights):
+        same architecture, any data it was trained on."""
         from patchflow.pipelines.pipeline import pipeline_folder
+        from patchflow.training.checkpoint import load_checkpoint
 
-        state = DiT.from_pretrained(pipeline_folder(folder) / "transformer").state_dict()
+        if Path(folder).expanduser().is_file():  # e.g. runs/x/checkpoints/step_00005000.pt of a run still going
+            saved = load_checkpoint(Path(folder).expanduser())
+            state = {k: v.float() for k, v in (saved.get("ema") or saved["model"]).items()}
+        else:
+            state = DiT.from_pretrained(pipeline_folder(folder) / "transformer").state_dict()
         _load_same_shapes(self.model, state, f"train.init_from={folder}: its transformer has other parameters "
                                              "than this run's [dit] (width, depth, patch, local_mix or pooled_text differ)")
 

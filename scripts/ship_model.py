@@ -1,7 +1,7 @@
 """Assemble the shipped Shapes World model from the recipe's runs (docs/training.md).
 
     python scripts/ship_model.py runs/shapes-world [runs/shapes-vae-decoder] \
-        -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4]
+        -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4 --shift 3]
 
 Takes the DiT run's pipeline (its transformer, text encoder, flow settings, VAE), swaps in the VAE of
 a decoder-only stage when one is named (refused unless its encoder and latent statistics are the ones
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="pipeline folder to write (replaced)")
     parser.add_argument("--steps", type=int, help="default num_inference_steps")
     parser.add_argument("--guidance", type=float, help="default guidance_scale")
+    parser.add_argument("--shift", type=float, help="default sampler time shift (benchmarks/bench_sampler.py --shifts)")
     args = parser.parse_args()
 
     pipe = VideoPipeline.from_pretrained(args.dit_run)
@@ -39,6 +40,8 @@ def main() -> None:
         pipe.defaults["num_inference_steps"] = args.steps
     if args.guidance is not None:
         pipe.defaults["guidance_scale"] = args.guidance
+    if args.shift is not None:
+        pipe.defaults["shift"] = args.shift
     if args.output.exists():
         shutil.rmtree(args.output)
     pipe.save_pretrained(args.output, dtype=torch.float16)

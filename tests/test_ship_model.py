@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -21,10 +22,15 @@ def test_ship_model_writes_an_fp16_shapes_pipeline(tmp_path):
           run, progress=False)
     out = tmp_path / "shipped"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(run), "-o", str(out),
-                    "--steps", "12", "--guidance", "3.5"], check=True, capture_output=True, text=True)
+                    "--steps", "12", "--guidance", "3.5", "--shift", "3"], check=True, capture_output=True, text=True)
     pipe = VideoPipeline.from_pretrained(out)
     assert pipe.world == "shapes"
-    assert (pipe.defaults["num_inference_steps"], pipe.defaults["guidance_scale"]) == (12, 3.5)
+    defaults = pipe.defaults
+    assert (defaults["num_inference_steps"], defaults["guidance_scale"], defaults["shift"]) == (12, 3.5, 3)
+    kwargs = dict(num_frames=5, height=32, width=32, seed=0, progress=False)
+    by_default = pipe("a red circle moving left", **kwargs)  # the saved default shift is the one used
+    assert np.array_equal(by_default, pipe("a red circle moving left", shift=3.0, **kwargs))
+    assert not np.array_equal(by_default, pipe("a red circle moving left", shift=1.0, **kwargs))
     weights = load_file(out / "transformer" / "model.safetensors")
     assert all(w.dtype == torch.float16 for w in weights.values() if w.is_floating_point())
     # A decoder-only VAE whose encoder is not the DiT's is refused, and nothing is written.

@@ -150,8 +150,8 @@ def check_text(*, prompt: Any, negative_prompt: Any = None) -> tuple[list[str], 
 
 def check_sampler(*, defaults: dict, num_inference_steps: Any = None, guidance_scale: Any = None,
                   sampler: Any = None, shift: Any = None, output_type: Any = "np",
-                  callback_on_step_end: Any = None) -> tuple[int, float, str]:
-    """(steps, guidance, sampler), with the model's `defaults` for the ones not given."""
+                  callback_on_step_end: Any = None) -> tuple[int, float, str, float | None]:
+    """(steps, guidance, sampler, shift), with the model's `defaults` for the ones not given."""
     steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError("num_inference_steps", f"num_inference_steps must be a positive int, got {steps!r}")
@@ -165,6 +165,7 @@ def check_sampler(*, defaults: dict, num_inference_steps: Any = None, guidance_s
     sampler = defaults["sampler"] if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    shift = defaults.get("shift") if shift is None else shift
     if shift is not None and not (isinstance(shift, (int, float)) and shift > 0):
         raise InputError("shift", f"shift must be a positive number (None = from the token count), got {shift!r}")
     if output_type not in OUTPUT_TYPES:
@@ -172,7 +173,7 @@ def check_sampler(*, defaults: dict, num_inference_steps: Any = None, guidance_s
     if callback_on_step_end is not None and not callable(callback_on_step_end):
         raise InputTypeError("callback_on_step_end", f"callback_on_step_end must be callable(step, t, latents), "
                                                      f"got {type(callback_on_step_end).__name__}")
-    return steps, guidance, sampler
+    return steps, guidance, sampler, shift
 
 
 def check_task(*, image: Any = None, image_frame: Any = 0, video: Any = None, extend: Any = None,
@@ -309,9 +310,9 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
         num_frames = _rounded_frames(pipe, num_frames, notes)
     prompts, negative = check_text(prompt=prompt, negative_prompt=negative_prompt)
     batch = len(prompts)
-    steps, guidance, sampler = check_sampler(defaults=d, num_inference_steps=num_inference_steps,
-                                             guidance_scale=guidance_scale, sampler=sampler, shift=shift,
-                                             output_type=output_type, callback_on_step_end=callback_on_step_end)
+    steps, guidance, sampler, shift = check_sampler(defaults=d, num_inference_steps=num_inference_steps,
+                                                    guidance_scale=guidance_scale, sampler=sampler, shift=shift,
+                                                    output_type=output_type, callback_on_step_end=callback_on_step_end)
     task = check_task(image=image, image_frame=image_frame, video=video, extend=extend, end_video=end_video,
                       loop=loop, strength=strength)
 

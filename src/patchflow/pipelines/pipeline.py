@@ -57,6 +57,7 @@ DEFAULTS = {
     "num_inference_steps": 30,
     "guidance_scale": 4.0,       # classifier-free guidance; 1.0 = off (one model pass per step)
     "sampler": "euler",          # "euler" | "heun"
+    "shift": None,               # the sampler's time shift; None = from the token count (flow.shift_for_tokens)
     "fps": 8,                    # the frame rate the model was trained at (for writing files)
 }
 
@@ -292,7 +293,8 @@ class VideoPipeline:
             (world=None) and expand_prompt=False stay silent.
         seed: int (prompt b uses seed + b, so a batch equals its prompts run one by one with those
             seeds) or one per prompt; generator: a torch.Generator shared by the batch or one per prompt;
-            neither = a random seed. shift: the sampler's time shift (default from the token count).
+            neither = a random seed. shift: the sampler's time shift (default: defaults["shift"], else from
+            the token count).
         callback_on_step_end(step, t, latents [B, C, T', H', W']) after every sampler step.
         output_type: "np" uint8 [T, H, W, 3] (a list prompt: [B, T, H, W, 3]); "pt" float [(B,) 3, T, H, W]
             in [-1, 1]; "pil" a list of PIL frames (per prompt for a list).

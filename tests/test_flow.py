@@ -7,7 +7,7 @@ import torch
 
 from patchflow.flow import (
     FlowConfig, expand_t, flow_loss, flow_matching_loss, guided_velocity, interpolate, loss_by_t_bin, make_noise,
-    sample, sample_timesteps, share_noise_over_frames, shared_noise_shape, shift_for_tokens, shift_time, timesteps,
+    sample, sample_timesteps, share_noise_over_frames, shift_for_tokens, shift_time, timesteps,
     unshift_time, velocity_target,
 )
 from patchflow.models.patches import pack
@@ -163,10 +163,14 @@ def test_frame_noise_share_correlates_frames_of_one_position_only():
     draws = []
     for _ in range(4000):
         noise = torch.randn(packed.tokens.shape, generator=gen)
-        shape = shared_noise_shape(packed.coords, packed.sample_ids, 2, noise.shape[-1])
-        assert shape == (2, 3, 2, 16)
-        draws.append(share_noise_over_frames(noise, packed.coords, packed.sample_ids, 0.6,
-                                             torch.randn(shape, generator=gen)).flatten(0, 1))
+        shapes = []
+
+        def draw(shape):
+            shapes.append(shape)
+            return torch.randn(shape, generator=gen)
+
+        draws.append(share_noise_over_frames(noise, packed.coords, packed.sample_ids, 0.6, draw).flatten(0, 1))
+        assert shapes == [(2, 3, 2, 16)]  # one shared draw: samples x grid height x grid width x token dim
     x = torch.stack(draws)  # (n, R * S, D)
     assert abs(x.var().item() - 1) < 0.02  # still unit variance per element
     c, ids = packed.coords.flatten(0, 1), packed.sample_ids.flatten()

@@ -131,27 +131,25 @@ def sample_timesteps(n: int, cfg: FlowConfig, num_tokens: int | torch.Tensor | N
 
 
 def share_noise_over_frames(noise: torch.Tensor, coords: torch.Tensor, sample_ids: torch.Tensor, share: float,
-                            shared: torch.Tensor) -> torch.Tensor:
+                            draw: Callable[[tuple], torch.Tensor]) -> torch.Tensor:
     """The mixed noise prior of PYoCo (Ge et al. 2023) on packed tokens: every frame of a sample
     starts from partly the same noise, so its frames begin alike and only have to differ.
 
     noise [R, S, D] independent N(0, 1) per token; coords [R, S, 3] (t, h, w); sample_ids [R, S]
-    (-1 = padding); shared [N, Hmax, Wmax, D] one N(0, 1) draw per sample and spatial position.
+    (-1 = padding); draw(shape) -> the shared N(0, 1) draw `shared` of that shape (N samples, Hmax,
+    Wmax, D): one per sample and spatial position (the caller's generator, so seeds hold).
     Returns sqrt(1 - share) * noise + sqrt(share) * shared[sample, h, w]: still N(0, 1) per
     element, with correlation `share` between the tokens of one position in different frames.
-    share = 0 returns `noise` itself.
+    share = 0 returns `noise` itself and draws nothing.
     """
     if share == 0:
         return noise
-    ids = sample_ids.clamp(min=0)
-    common = shared.to(noise.device, noise.dtype)[ids, coords[..., 1], coords[..., 2]]  # (R, S, D)
-    return (1 - share) ** 0.5 * noise + share ** 0.5 * common
-
-
-def shared_noise_shape(coords: torch.Tensor, sample_ids: torch.Tensor, num_samples: int, dim: int) -> tuple:
-    """The shape [N, Hmax, Wmax, D] of `share_noise_over_frames`'s shared draw for these packed tokens."""
     valid = sample_ids >= 0
-    return (num_samples, int(coords[..., 1][valid].max()) + 1, int(coords[..., 2][valid].max()) + 1, dim)
+    shape = (int(sample_ids.max()) + 1, int(coords[..., 1][valid].max()) + 1, int(coords[..., 2][valid].max()) + 1,
+             noise.shape[-1])
+    ids = sample_ids.clamp(min=0)
+    common = draw(shape).to(noise.device, noise.dtype)[ids, coords[..., 1], coords[..., 2]]  # (R, S, D)
+    return (1 - share) ** 0.5 * noise + share ** 0.5 * common
 
 
 def flow_matching_loss(model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, cond: Any = None, *,

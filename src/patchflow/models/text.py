@@ -16,8 +16,8 @@ The output is the last hidden state per token, for cross-attention (not a pooled
 sentence vector); "minilm+words" adds MiniLM's embedding-layer state of every token as a
 second block of tokens (L -> 2L): the sentence encoder's last layer keeps opposite
 directions ("moving left" / "moving right") nearly identical, its input does not
-(benchmarks/RESULTS.md, "Why translations fail"). Empty prompts (caption dropout, the unconditional branch) are
-valid: every prompt has at least one valid token ([CLS][SEP] for BERT, BOS/EOS for
+(benchmarks/RESULTS.md, "Why translations fail"). Empty prompts (caption dropout, the
+unconditional branch) are valid: every prompt has at least one valid token ([CLS][SEP] for BERT, BOS/EOS for
 CLIP, </s> for T5, BOS for the tiny encoder; a tokenizer that yields none gets its
 first position unmasked), so attention over the text is never empty.
 """
@@ -159,7 +159,6 @@ class BertTextEncoder(TextEncoder):
 
         self.spec = ("minilm+words" if with_words else "minilm") if path is None else str(path)
         self.with_words = with_words
-        self.states_per_token = 2 if with_words else 1
         path = minilm_path() if path is None else _check_folder(path)
         cfg = json.loads((path / CONFIG_NAME).read_text())
         if cfg.get("model_type") != "bert":
@@ -195,6 +194,10 @@ class BertTextEncoder(TextEncoder):
             state[key] = tensor
         self.load_state_dict(state, assign=True)
         self.eval().requires_grad_(False)
+
+    @property
+    def states_per_token(self) -> int:
+        return 2 if self.with_words else 1
 
     @property
     def cache_id(self) -> str:

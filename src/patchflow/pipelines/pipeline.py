@@ -37,8 +37,7 @@ from tqdm.auto import tqdm
 
 from patchflow.data.video_processing import to_model_video, to_user_video
 from patchflow.models.dit import DiT
-from patchflow.flow import (FlowConfig, sample as flow_sample, share_noise_over_frames, shared_noise_shape,
-                            shift_for_tokens)
+from patchflow.flow import FlowConfig, sample as flow_sample, share_noise_over_frames, shift_for_tokens
 from patchflow.paths import default_model_dir
 from patchflow.models.patches import pack
 from patchflow.pipelines.inputs import Request, check_request
@@ -146,7 +145,7 @@ class VideoPipeline:
                                                                       fresh.state_dict().values()))
             return "tiny" if same and self.text_encoder_spec == "tiny" else "text_encoder"
         spec = getattr(enc, "spec", None)
-        return spec if spec in ("minilm", "minilm+words") else "text_encoder"
+        return spec if spec in TEXT_ENCODERS else "text_encoder"  # "tiny" was answered above
 
     # ------------------------------------------------------------ devices and memory
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoPipeline:
@@ -381,12 +380,10 @@ class VideoPipeline:
         cond_frames = [latent_mask.to(device)] * batch
         packed = pack(list(x_cond), patch, cond_frames=cond_frames)  # rows of clean condition tokens
         noise_tokens = pack(list(noise), patch, cond_frames=cond_frames).tokens  # same layout: (R, S, D)
-        if self.flow_config.frame_noise_share:  # the prior the model was trained on: frames share some noise
-            dim = noise_tokens.shape[-1]
-            shape = shared_noise_shape(packed.coords, packed.sample_ids, batch, dim)[1:]
-            shared = torch.stack([self._noise(req, b, shape) for b in range(batch)])  # (B, Hmax, Wmax, D)
-            noise_tokens = share_noise_over_frames(noise_tokens, packed.coords, packed.sample_ids,
-                                                   self.flow_config.frame_noise_share, shared)
+        # The prior the model was trained on: frames share part of their noise (each sample's own draw).
+        noise_tokens = share_noise_over_frames(
+            noise_tokens, packed.coords, packed.sample_ids, self.flow_config.frame_noise_share,
+            lambda shape: torch.stack([self._noise(req, b, shape[1:]) for b in range(shape[0])]))
         init_tokens = None if x_init is None else pack(list(x_init), patch, cond_frames=cond_frames).tokens
         keep = packed.cond_mask | (packed.sample_ids < 0)  # condition tokens and padding stay as given
         shift = req.shift or shift_for_tokens(math.prod(packed.grids[0]), self.flow_config)

@@ -1,11 +1,12 @@
 """The Shapes World (../shared/specs/shapes-world.md): records, renderer, captions, prompt grammar,
 the evaluator that judges a video against its prompt, and the evaluation of a model.
 
-The rest of patchflow reaches a world through `World`, the three things a world provides: read a
+The rest of patchflow reaches a world through `World`, the four things a world provides: read a
 user's prompt into its caption form, name the words it cannot place, judge a video against a
-prompt; and, for training, leave one attribute out of a caption (`data.attribute_dropout`). A saved model names its world (model_index.json "world"); `get_world` turns the name into
-the `World`, and a model of no world (real footage) takes prompts as written. Another world is
-added by registering its `World` in `WORLDS`.
+prompt, and (for training, `data.attribute_dropout`) leave one attribute out of a caption. A
+saved model names its world (model_index.json "world"); `get_world` turns the name into the
+`World`, and a model of no world (real footage) takes prompts as written. Another world is added
+by registering its `World` in `WORLDS`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from patchflow.training.config import Config
 from patchflow.training.data import build_dataset
 from patchflow.training.cache import CachedLatents, by_shape, cache_key
 from patchflow.models.dit import DiT
-from patchflow.flow import flow_matching_loss, sample_timesteps, share_noise_over_frames, shared_noise_shape
+from patchflow.flow import flow_matching_loss, sample_timesteps, share_noise_over_frames
 from patchflow.models.patches import pack, pad_batch
 from patchflow.pipelines.prompts import choose_caption, drop_caption
 from patchflow.shapes import get_world
@@ -145,6 +145,7 @@ class DiTStage(Stage):
             if config.data.cache else self.text_encoder
         self.model = DiT(config.dit.build(self.vae.config.latent_channels, self.text_encoder.dim))
         self.tasks = {k: float(v) for k, v in vars(config.tasks).items()}
+        self.world = get_world("shapes") if config.data.attribute_dropout else None  # what leaves words out
         self.sp_group = None  # set by enable_sequence_parallel
         if not self.config.vae.path:
             print("note: [vae] has no trained `path`; the DiT learns the latents of an untrained VAE "
@@ -170,7 +171,8 @@ class DiTStage(Stage):
         else:
             state = DiT.from_pretrained(pipeline_folder(folder) / "transformer").state_dict()
         _load_same_shapes(self.model, state, f"train.init_from={folder}: its transformer has other parameters "
-                                             "than this run's [dit] (width, depth, patch, local_mix or pooled_text differ)")
+                                             "than this run's [dit] (width, depth, patch, local_mix or "
+                                             "pooled_text differ)")
 
     def dataset(self) -> Dataset:
         """The clips, or their latents and text states from a `patchflow cache` folder (data.cache)."""
@@ -213,7 +215,7 @@ class DiTStage(Stage):
         d = self.config.data
         if d.attribute_dropout and rng.random() < d.attribute_dropout and "plain" in captions:
             try:
-                return get_world("shapes").drop_attribute(captions["plain"], rng)
+                return self.world.drop_attribute(captions["plain"], rng)
             except ValueError:  # not a Shapes World caption (footage in a mixed dataset)
                 pass
         return choose_caption(captions, rng, d.caption_styles)
@@ -253,9 +255,8 @@ class DiTStage(Stage):
             return model(x_t, t_tok, local.coords, local.sample_ids, *cond)
 
         def mix_noise(noise):  # frames that start from partly the same noise (flow.frame_noise_share)
-            shape = shared_noise_shape(packed.coords, packed.sample_ids, len(latents), noise.shape[-1])
             return share_noise_over_frames(noise, packed.coords, packed.sample_ids, c.flow.frame_noise_share,
-                                           torch.randn(shape, generator=gen))
+                                           lambda shape: torch.randn(shape, generator=gen))
 
         loss, per_sample = flow_matching_loss(
             velocity, packed.tokens, t_tok, (text, text_mask), generator=gen,
@@ -263,7 +264,8 @@ class DiTStage(Stage):
             sample_ids=local.sample_ids, num_samples=len(latents), weighting=c.flow.loss_weighting, shard=shard,
             group=self.sp_group, mix_noise=mix_noise if c.flow.frame_noise_share else None)
         logs = {"t": t, "per_sample": per_sample, "padding": packed.padding_fraction,
-                "tasks": list(tasks), "lengths": lengths.tolist(), "grids": [tuple(g) for g in packed.grids], "text_len": int(text_mask.sum(1).float().mean()),
+                "tasks": list(tasks), "lengths": lengths.tolist(), "grids": [tuple(g) for g in packed.grids],
+                "text_len": int(text_mask.sum(1).float().mean()),
                 **logs_extra}
         return loss, logs, int(packed.loss_mask.sum())
 

@@ -64,12 +64,15 @@ def run_probe(args) -> dict:
     log = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
 
     pipe = VideoPipeline.from_pretrained(out / "run")
+    if args.shift is not None:
+        pipe.defaults["shift"] = args.shift
     start = time.perf_counter()
     result = evaluate_row(pipe, "heldout", count=args.count, seed=0, steps=args.sample_steps,
                           guidance=args.guidance, progress=not args.quiet, samples=out, frames=args.frames)
     record = {"name": args.name, "sets": args.sets, "steps": args.steps, "train_minutes": round(minutes, 1),
               "eval_minutes": round((time.perf_counter() - start) / 60, 1), "final_loss": round(log[-1]["loss"], 4),
               "count": args.count, "sample_steps": args.sample_steps, "guidance": args.guidance, "frames": args.frames,
+              "shift": args.shift,
               **{k: round(v, 3) for k, v in result.items() if k not in ("count", "seconds")},
               "loss_by_t": loss_by_t(log), "sheets": str(out.relative_to(ROOT)), "date": time.strftime("%Y-%m-%d")}
     RECORDS.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=48, help="held-out prompts judged (default 48)")
     parser.add_argument("--sample-steps", type=int, default=20, help="Euler steps per video (default 20)")
     parser.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
+    parser.add_argument("--shift", type=float, default=None,
+                        help="the sampler's time shift for the judged videos (default: the model's; 3 passes more)")
     parser.add_argument("--frames", type=int, default=17, help="judged video length (1: images, for a model "
                         "trained on images; default 17)")
     parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")

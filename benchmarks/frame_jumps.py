@@ -28,6 +28,8 @@ from patchflow.shapes.evaluate import label_pixels
 from patchflow.shapes.world import COLORS, parse_prompt, render_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_curve import add_model_args, run_pipeline  # noqa: E402
+
 VAE = Path(__file__).resolve().parents[1] / "src/patchflow/pretrained/vae-general"
 FT = 4  # video frames per latent frame after the first
 
@@ -59,13 +61,9 @@ def jumps(videos: list[np.ndarray], colors: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", nargs="?", type=Path, help="a DiT run or pipeline folder")
-    parser.add_argument("--checkpoint", type=Path, help="judge this checkpoint's EMA weights instead of final/")
+    add_model_args(parser)
     parser.add_argument("--ground-truth", action="store_true", help="the rendered clips through the general VAE")
     parser.add_argument("--count", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--shift", type=float, default=None, help="sampler time shift (default: the model's)")
     args = parser.parse_args()
     if (args.run is None) == (not args.ground_truth):
         parser.error("give a run, or --ground-truth")
@@ -83,13 +81,7 @@ def main() -> None:
                 videos.append(to_user_video(vae.decode(vae.encode(x).mean)[0].clamp(-1, 1)))
         result = {"source": "ground truth through the VAE", **jumps(videos, colors)}
     else:
-        from learning_curve import run_pipeline
-        from patchflow.training.checkpoint import load_checkpoint
-
-        pipe = run_pipeline(args.run)
-        if args.checkpoint:
-            state = load_checkpoint(args.checkpoint)
-            pipe.transformer.load_state_dict({k: v.float() for k, v in state["ema"].items()})
+        pipe = run_pipeline(args.run, args.checkpoint)
         videos = []
         for i in range(0, len(items), 8):
             batch = items[i:i + 8]

@@ -32,18 +32,32 @@ def step_minutes(run: Path) -> dict[int, float]:
     return {r["step"]: (r["time"] - start) / 60 for r in records}
 
 
-def run_pipeline(run: Path) -> VideoPipeline:
-    """The run's final pipeline, or one built from its config.json (a run that has not finished)."""
+def run_pipeline(run: Path, checkpoint: Path | None = None) -> VideoPipeline:
+    """The run's final pipeline, or one built from its config.json (a run that has not finished);
+    with `checkpoint`, that checkpoint's EMA weights in it."""
     if (run / "final" / "model_index.json").is_file():
-        return VideoPipeline.from_pretrained(run)
-    from patchflow.training.config import config_from_data
-    from patchflow.training.stages import DiTStage
+        pipe = VideoPipeline.from_pretrained(run)
+    else:
+        from patchflow.training.config import config_from_data
+        from patchflow.training.stages import DiTStage
 
-    saved = json.loads((run / "config.json").read_text())
-    if saved.pop("stage", None) != "dit":
-        raise SystemExit(f"{run} is not a DiT run")
-    stage = DiTStage(config_from_data(saved), torch.device("cpu"))
-    return stage.pipeline(stage.model.state_dict())
+        saved = json.loads((run / "config.json").read_text())
+        if saved.pop("stage", None) != "dit":
+            raise SystemExit(f"{run} is not a DiT run")
+        stage = DiTStage(config_from_data(saved), torch.device("cpu"))
+        pipe = stage.pipeline(stage.model.state_dict())
+    if checkpoint is not None:
+        pipe.transformer.load_state_dict({k: v.float() for k, v in load_checkpoint(checkpoint)["ema"].items()})
+    return pipe
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a probe that judges one model: the run, a checkpoint of it, and the sampler."""
+    parser.add_argument("run", nargs="?", type=Path, help="a DiT run or pipeline folder")
+    parser.add_argument("--checkpoint", type=Path, help="judge this checkpoint's EMA weights instead of final/")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    parser.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
+    parser.add_argument("--shift", type=float, default=None, help="sampler time shift (default: the model's)")
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from patchflow.shapes.world import render
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frame_jumps import centroids  # noqa: E402
+from learning_curve import add_model_args, run_pipeline  # noqa: E402
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 OBJECTS = [("red", "square"), ("blue", "circle")]
@@ -87,14 +88,10 @@ def per_motion(pipe, count: int, steps: int, guidance: float, shift: float | Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", nargs="?", type=Path, help="a DiT run or pipeline folder")
-    parser.add_argument("--checkpoint", type=Path, help="judge this checkpoint's EMA weights instead of final/")
+    add_model_args(parser)
     parser.add_argument("--ground-truth", action="store_true", help="the world's own renders of the prompts")
     parser.add_argument("--seeds", type=int, default=16, help="videos per prompt (default 16)")
     parser.add_argument("--heldout", type=int, default=0, help="also judge this many held-out items per motion")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--shift", type=float, default=None, help="sampler time shift (default: the model's)")
     args = parser.parse_args()
     if (args.run is None) == (not args.ground_truth):
         parser.error("give a run, or --ground-truth")
@@ -105,12 +102,7 @@ def main() -> None:
         report({"source": "world renders", "half_true_px": round(need, 1)}, truth)
         return
 
-    from learning_curve import run_pipeline
-    from patchflow.training.checkpoint import load_checkpoint
-
-    pipe = run_pipeline(args.run)
-    if args.checkpoint:
-        pipe.transformer.load_state_dict({k: v.float() for k, v in load_checkpoint(args.checkpoint)["ema"].items()})
+    pipe = run_pipeline(args.run, args.checkpoint)
 
     def generate(prompt: str, n: int) -> list[np.ndarray]:
         return list(pipe([prompt] * n, num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=args.steps,

@@ -95,11 +95,8 @@ def main() -> None:
 
     from learning_curve import run_pipeline
     from patchflow.evaluation.model_eval import FRAMES, SIZE
-    from patchflow.training.checkpoint import load_checkpoint
 
-    pipe = run_pipeline(args.run)
-    if args.checkpoint:
-        pipe.transformer.load_state_dict({k: v.float() for k, v in load_checkpoint(args.checkpoint)["ema"].items()})
+    pipe = run_pipeline(args.run, args.checkpoint)
     pipe.transformer.eval()
     sets = captions(args.clips, args.seed)
     result = losses(pipe, sets, FRAMES, SIZE, args.seed, args.given_first)

@@ -1,0 +1,88 @@
+"""A latent cache that mixes narrow motion clips into the world's: the curriculum that teaches direction.
+
+    python benchmarks/narrow_mix_cache.py --source cache/sw15k --out cache/sw15k-narrowmix --narrow 5000
+
+No Shapes World run before this one read the direction word ("moving left" and "moving right" gave the
+same video; benchmarks/word_reading.py). A narrow world of one large red square or blue circle moving
+left, right, up or down on black learns it in minutes, so this cache is the source cache's items (linked,
+not copied) plus `--narrow` clips of those eight captions rendered from fresh start positions and encoded
+with the same VAE. Everything else (data table, VAE, text encoder) is the source's, so its cache key
+still matches the source's config: train with `--set data.cache="OUT"`. Resumable; the narrow clips are
+the same for the same arguments. Results: benchmarks/RESULTS.md, "Fourth sitting".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from patchflow.data.video_processing import to_model_video
+from patchflow.models.text import TextEmbeddingCache, load_text_encoder
+from patchflow.models.vae import VideoVAE
+from patchflow.shapes.world import render
+from patchflow.training.cache import write_item
+
+PROMPTS = [f"a large {color} {shape} moving {direction} on a black background"
+           for color, shape in (("red", "square"), ("blue", "circle")) for direction in ("left", "right", "up", "down")]
+SIZE, FRAMES, SEED0 = 64, 17, 1000  # the narrow clips use render seeds SEED0 + i
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, required=True, help="a cache made by `patchflow cache`")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--narrow", type=int, default=5000, help="narrow clips added (default 5000: 25%% of 20,000)")
+    args = parser.parse_args()
+    meta = json.loads((args.source / "meta.json").read_text())
+    if meta["key"]["text"].get("encoder") is None or meta["key"]["vae"].get("weights") is None:
+        raise SystemExit(f"{args.source}: a cache of a trained VAE and a named text encoder is needed")
+    if args.narrow < 1:
+        raise SystemExit(f"--narrow must be >= 1, got {args.narrow}")
+
+    latents = args.out / "latents"
+    latents.mkdir(parents=True, exist_ok=True)
+    if not (args.out / "text").exists():
+        os.symlink((args.source / "text").resolve(), args.out / "text")
+    files = sorted((args.source / "latents").glob("*.safetensors"))
+    for i, f in enumerate(files):
+        if not (latents / f"{i:08d}.safetensors").exists():
+            os.symlink(f.resolve(), latents / f"{i:08d}.safetensors")
+
+    TextEmbeddingCache(args.out / "text", load_text_encoder(meta["key"]["text"]["encoder"])).encode(PROMPTS + [""])
+    vae = _source_vae(args.source)
+    first = len(files)
+    with torch.no_grad(), tqdm(total=args.narrow, desc="narrow clips") as bar:
+        for start in range(0, args.narrow, 32):
+            todo = [j for j in range(start, min(start + 32, args.narrow))
+                    if not (latents / f"{first + j:08d}.safetensors").exists()]
+            if todo:
+                video = torch.stack([to_model_video(render(PROMPTS[j % len(PROMPTS)], SIZE, SIZE, FRAMES,
+                                                           seed=SEED0 + j)) for j in todo])
+                dist = vae.encode(video)
+                for k, j in enumerate(todo):
+                    caption = PROMPTS[j % len(PROMPTS)]
+                    write_item(latents / f"{first + j:08d}.safetensors", dist.mean[k], dist.std[k],
+                               {"short": caption, "plain": caption, "detailed": caption})
+            bar.update(min(32, args.narrow - start))
+    (args.out / "meta.json").write_text(json.dumps({"key": meta["key"], "items": first + args.narrow}, indent=2) + "\n")
+    print(f"{first} source items + {args.narrow} narrow clips in {args.out}")
+
+
+def _source_vae(source: Path) -> VideoVAE:
+    """The VAE the source cache was made with, found by its weights' digest among the shipped ones."""
+    from patchflow.training.cache import _weights_digest
+
+    want = json.loads((source / "meta.json").read_text())["key"]["vae"]["weights"]
+    for folder in sorted((Path(__file__).resolve().parents[1] / "src/patchflow/pretrained").iterdir()):
+        if (folder / "model.safetensors").is_file() and _weights_digest(str(folder)) == want:
+            return VideoVAE.from_pretrained(folder).eval()
+    raise SystemExit(f"{source} was made with a VAE that is not shipped; pass a cache of a shipped VAE")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,13 @@
 """A latent cache that mixes narrow motion clips into the world's: the curriculum that teaches direction.
 
     python benchmarks/narrow_mix_cache.py --source cache/sw15k --out cache/sw15k-narrowmix --narrow 5000
+    python benchmarks/narrow_mix_cache.py --source cache/sw15k --out cache/narrow128 --narrow 128 --narrow-only
 
 No Shapes World run before this one read the direction word ("moving left" and "moving right" gave the
 same video; benchmarks/word_reading.py). A narrow world of one large red square or blue circle moving
 left, right, up or down on black learns it in minutes, so this cache is the source cache's items (linked,
 not copied) plus `--narrow` clips of those eight captions rendered from fresh start positions and encoded
-with the same VAE. Everything else (data table, VAE, text encoder) is the source's, so its cache key
+with the same VAE (`--narrow-only`: those clips alone, the narrow world of the probes). Everything else (data table, VAE, text encoder) is the source's, so its cache key
 still matches the source's config: train with `--set data.cache="OUT"`. Resumable; the narrow clips are
 the same for the same arguments. Results: benchmarks/RESULTS.md, "Fourth sitting".
 """
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, required=True, help="a cache made by `patchflow cache`")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--narrow", type=int, default=5000, help="narrow clips added (default 5000: 25%% of 20,000)")
+    parser.add_argument("--narrow-only", action="store_true", help="leave the source's clips out")
     args = parser.parse_args()
     meta = json.loads((args.source / "meta.json").read_text())
     if meta["key"]["text"].get("encoder") is None or meta["key"]["vae"].get("weights") is None:
@@ -48,7 +50,7 @@ def main() -> None:
     latents.mkdir(parents=True, exist_ok=True)
     if not (args.out / "text").exists():
         os.symlink((args.source / "text").resolve(), args.out / "text")
-    files = sorted((args.source / "latents").glob("*.safetensors"))
+    files = [] if args.narrow_only else sorted((args.source / "latents").glob("*.safetensors"))
     for i, f in enumerate(files):
         if not (latents / f"{i:08d}.safetensors").exists():
             os.symlink(f.resolve(), latents / f"{i:08d}.safetensors")

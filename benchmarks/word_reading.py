@@ -105,22 +105,18 @@ def main() -> None:
     print(f"{args.checkpoint or args.run}, {task}: flow loss with the true caption, and the gap a swapped word opens")
     print("| t | true loss | colour swapped | shape swapped | motion swapped (translations) | motion swapped (others) |")
     print("|---|---|---|---|---|---|")
-    for i, t in enumerate(TIMES):
-        true = result["true"][i]
+    def gap(kind: str, i: int, rows=slice(None)) -> str:  # swapped - true, in % of true, at TIMES[i]
+        return f"{100 * (result[kind][i][rows].mean() / result['true'][i][rows].mean() - 1):+.1f}%"
 
-        def gap(kind: str, rows=slice(None)) -> str:
-            return f"{100 * (result[kind][i][rows].mean() / true[rows].mean() - 1):+.1f}%"
-        print(f"| {t} | {true.mean():.4f} | {gap('colour')} | {gap('shape')} | {gap('motion', moving)} | "
-              f"{gap('motion', ~moving)} |")
+    for i, t in enumerate(TIMES):
+        print(f"| {t} | {result['true'][i].mean():.4f} | {gap('colour', i)} | {gap('shape', i)} | "
+              f"{gap('motion', i, moving)} | {gap('motion', i, ~moving)} |")
     motions = sorted({s["motion_word"] for s in sets})
     print("\nThe motion word swapped (" + ", ".join(f"{m} -> {OPPOSITE[m]}" for m in motions) + "), by the true motion:")
     print("| t | " + " | ".join(motions) + " |")
     print("|---|" + "---|" * len(motions))
     for i, t in enumerate(TIMES):
-        cells = []
-        for m in motions:
-            rows = np.array([s["motion_word"] == m for s in sets])
-            cells.append(f"{100 * (result['motion'][i][rows].mean() / result['true'][i][rows].mean() - 1):+.1f}%")
+        cells = [gap("motion", i, np.array([s["motion_word"] == m for s in sets])) for m in motions]
         print(f"| {t} | " + " | ".join(cells) + " |")
 
 

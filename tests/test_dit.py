@@ -291,3 +291,50 @@ def test_local_mix_sees_grid_neighbours_of_its_own_sample_only():
         plain_out = unpack(packed, plain.forward_packed(packed, text, mask))
     assert max((a - b).abs().max().item() for a, b in zip(packed_out, single_out)) < 1e-4  # packing: no leaks
     assert max((a - b).abs().max().item() for a, b in zip(packed_out, plain_out)) > 1e-3  # and it does something
+
+
+def test_frame_position_tells_a_token_where_it_is_in_its_frame():
+    # RoPE only relates tokens to each other: a constant input gives every token the same output, so
+    # no layout ("starts on the left") can come out of pure noise's mean. frame_position breaks that.
+    from patchflow.models.dit_blocks import sample_extents
+
+    coords = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(4), torch.arange(4), indexing="ij"), -1)
+    coords = coords.reshape(1, -1, 3)                                           # one 2 x 4 x 4 sample
+    ids = torch.zeros(1, coords.shape[1], dtype=torch.long)
+    text, x = torch.randn(1, 3, TEXT_DIM), torch.full((1, coords.shape[1], 16), 0.3)
+    t = torch.full(ids.shape, 0.9)
+    plain = random_tiny_dit(TEXT_DIM, 0, attention_backend="naive").eval()
+    placed = random_tiny_dit(TEXT_DIM, 0, attention_backend="naive", frame_position=True).eval()
+    with torch.no_grad():
+        flat = plain(x, t, coords, ids, text)
+        where = placed(x, t, coords, ids, text)
+    assert (flat - flat[:, :1]).abs().max() < 1e-4               # translation-invariant: all tokens alike
+    assert (where - where[:, :1]).abs().max() > 1e-2             # now tokens differ by where they are
+    # Fractions of the frame: the token centres of a 2 x 2 frame (1/4, 3/4) are those of a 6 x 6 frame's
+    # second and fifth rows and columns, and each sample of a packed row uses its own grid size.
+    grid = lambda n: torch.stack(torch.meshgrid(torch.arange(1), torch.arange(n), torch.arange(n),  # noqa: E731
+                                                indexing="ij"), -1).reshape(1, -1, 3)
+    both, both_ids = torch.cat([grid(2), grid(6)], 1), torch.tensor([[0] * 4 + [1] * 36])
+    assert sample_extents(both, both_ids).tolist() == [[1, 2, 2], [1, 6, 6]]
+    feats = placed.frame_pos.features(both, both_ids, sample_extents(both, both_ids))[0]
+    small, large = feats[:4].view(2, 2, -1), feats[4:].view(6, 6, -1)
+    assert torch.allclose(small[0, 1], large[1, 4], atol=1e-6) and torch.allclose(small[1, 0], large[4, 1], atol=1e-6)
+    small = where[0].view(2, 4, 4, -1)
+    assert (small[0, 1, 0] - small[0, 1, 3]).abs().max() > 1e-2    # left and right columns differ
+
+
+def test_frame_position_starts_at_zero_and_warm_starts_from_a_model_without_it():
+    from patchflow.training.stages import _load_same_shapes
+
+    latents, text, mask, cond, packed = _batch()
+    plain = random_tiny_dit(TEXT_DIM, 0, attention_backend="naive").eval()
+    placed = DiT(dit_config("tiny", in_channels=4, text_dim=TEXT_DIM, attention_backend="naive",
+                            frame_position=True)).eval()
+    assert placed.frame_pos.proj.weight.abs().sum() == 0                 # zero-initialised
+    _load_same_shapes(placed, plain.state_dict(), "mismatch", additions=("frame_pos.",))
+    with torch.no_grad():
+        assert torch.equal(placed.forward_packed(packed, text, mask), plain.forward_packed(packed, text, mask))
+    with pytest.raises(ValueError, match="mismatch"):                  # without the allowance: refused
+        _load_same_shapes(placed, plain.state_dict(), "mismatch")
+    with pytest.raises(ValueError, match="mismatch"):                  # and it never drops saved weights
+        _load_same_shapes(plain, placed.state_dict(), "mismatch", additions=("frame_pos.",))

@@ -70,6 +70,19 @@ def test_timestep_sampling_logit_normal_and_shift():
         sample_timesteps(3, cfg, num_tokens=torch.tensor([1, 2]))
 
 
+
+def test_noisy_share_moves_that_share_of_timesteps_to_the_noisy_end():
+    base = sample_timesteps(20000, FlowConfig(), generator=torch.Generator().manual_seed(0))
+    t = sample_timesteps(20000, FlowConfig(noisy_share=0.2, noisy_from=0.95), generator=torch.Generator().manual_seed(0))
+    assert float((base >= 0.95).float().mean()) < 0.01
+    moved = t != base
+    assert float(moved.float().mean()) == pytest.approx(0.2, abs=0.01)        # that share ...
+    assert float(t[moved].min()) >= 0.95 and float(t[moved].max()) <= 1.0      # ... at the noisy end,
+    assert float(t[moved].std()) == pytest.approx(0.05 / 12 ** 0.5, rel=0.05)  # uniform over it
+    for bad in ({"noisy_share": 1.5}, {"noisy_from": 1.0}):
+        with pytest.raises(ValueError, match="noisy"):
+            FlowConfig(**bad)
+
 # ---------------------------------------------------------------- loss
 def test_loss_mask_excludes_condition_and_dropped_tokens():
     pred, target = torch.zeros(2, 4, 3), torch.ones(2, 4, 3)

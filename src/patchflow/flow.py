@@ -48,10 +48,17 @@ class FlowConfig:
     object_weight: float = 0.0     # > 0: tokens unlike their frame's background weigh 1 + this in the loss
     object_threshold: float = 2.5  # such a token lies this many times the frame's median distance from its median token
     frame_noise_share: float = 0.0  # share of each token's noise variance common to its (h, w) in every frame (PYoCo)
+    noisy_share: float = 0.0       # share of samples whose t is drawn uniformly from [noisy_from, 1] instead: the
+    noisy_from: float = 0.9        # noisy end, where sampling lays out the scene from the caption alone, gets 1.4%
+                                   # of logit-normal(0, 1) draws, and the layout is learned only there
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.frame_noise_share < 1.0:
             raise ValueError(f"flow.frame_noise_share must be in [0, 1), got {self.frame_noise_share}")
+        if not 0.0 <= self.noisy_share <= 1.0:
+            raise ValueError(f"flow.noisy_share must be in [0, 1], got {self.noisy_share}")
+        if not 0.0 <= self.noisy_from < 1.0:
+            raise ValueError(f"flow.noisy_from must be in [0, 1), got {self.noisy_from}")
 
 
 # ---------------------------------------------------------------- shapes
@@ -110,7 +117,8 @@ def unshift_time(t: torch.Tensor, shift: float | torch.Tensor) -> torch.Tensor:
 
 def sample_timesteps(n: int, cfg: FlowConfig, num_tokens: int | torch.Tensor | None = None,
                      generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Per-sample training noise levels [n]: logit-normal, then shifted for each sample's token count.
+    """Per-sample training noise levels [n]: logit-normal, then shifted for each sample's token count,
+    then a share `cfg.noisy_share` of them replaced by uniform draws from [cfg.noisy_from, 1].
 
     `num_tokens` is an int (all samples alike) or a tensor [n] (packed batches of mixed lengths);
     None applies only cfg.fixed_shift (if set). Drawn on CPU so a seed gives the same t on any device.
@@ -127,6 +135,9 @@ def sample_timesteps(n: int, cfg: FlowConfig, num_tokens: int | torch.Tensor | N
         t = shift_time(t, shift_for_tokens(tokens, cfg))
     elif cfg.fixed_shift > 0:
         t = shift_time(t, cfg.fixed_shift)
+    if cfg.noisy_share > 0:  # draws nothing more when off, so earlier runs' timesteps stay as they were
+        pick = torch.rand(n, generator=generator) < cfg.noisy_share
+        t = torch.where(pick, cfg.noisy_from + (1 - cfg.noisy_from) * torch.rand(n, generator=generator), t)
     return t.to(device) if device is not None else t
 
 

@@ -39,7 +39,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from patchflow.models.attention import BACKENDS, make_plan
-from patchflow.models.dit_blocks import DiTBlock, FinalLayer, TimestepEmbedder, neighbour_index
+from patchflow.models.dit_blocks import (DiTBlock, FinalLayer, FramePosition, TimestepEmbedder,
+                                         neighbour_index, sample_extents)
 from patchflow.models.rope import rope_axis_dims, rope_cos_sin
 from patchflow.weights import load_component, save_component
 
@@ -70,6 +71,9 @@ class DiTConfig:
     prediction: str = "v"                 # "v": the network outputs the velocity; "x": it outputs the clean
                                           # tokens x0 and forward returns v = (x_t - x0) / max(t, 0.05), so the
                                           # loss and the samplers are unchanged (x-prediction with a v-loss, JiT)
+    frame_position: bool = False          # add each token's place in its frame (a fraction of it) and its frame
+                                          # index to its embedding (dit_blocks.FramePosition): RoPE alone gives
+                                          # only relative positions, so "starts on the left" cannot be drawn
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)
@@ -127,6 +131,8 @@ class DiT(nn.Module):
         self.config = c
         d = c.hidden_size
         self.x_embed = nn.Linear(c.token_dim, d)
+        if c.frame_position:
+            self.frame_pos = FramePosition(d)
         self.t_embed = TimestepEmbedder(d, c.frequency_embedding_size)
         self.text_proj = nn.Sequential(nn.Linear(c.text_dim, d), nn.GELU(), nn.Linear(d, d))
         if c.pooled_text:
@@ -156,6 +162,9 @@ class DiT(nn.Module):
             # Cross-attention is ungated: a zero output projection makes it start as a no-op too (PixArt).
             nn.init.zeros_(block.cross.proj.weight)
             nn.init.zeros_(block.cross.proj.bias)
+        if self.config.frame_position:  # zero: a warm start from a model without it begins unchanged
+            nn.init.zeros_(self.frame_pos.proj.weight)
+            nn.init.zeros_(self.frame_pos.proj.bias)
         # Output: zero final modulation and projection, so the untrained model predicts v = 0.
         for layer in (self.final.adaLN, self.final.linear):
             nn.init.zeros_(layer.weight)
@@ -289,6 +298,15 @@ class DiT(nn.Module):
                 raise ValueError("local_mix needs each sample's whole token grid on one rank: no sequence parallelism")
             neighbours = neighbour_index(coords, sample_ids)               # [R, S, 27]
         h = self.x_embed(x)                                                # [R, S, D]
+        if c.frame_position:  # each sample's grid size from all its tokens, also under sequence parallelism
+            if self.sp_group is not None:
+                from patchflow.models.sequence_parallel import gather_sequence
+
+                extents = sample_extents(gather_sequence(coords, self.sp_group),
+                                         gather_sequence(sample_ids, self.sp_group))
+            else:
+                extents = sample_extents(coords, sample_ids)
+            h = h + self.frame_pos(coords, sample_ids, extents)
         for block in self.blocks:
             if c.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = checkpoint(block, h, temb, onehot, rope, text_tokens, plans, neighbours, use_reentrant=False)

@@ -212,6 +212,44 @@ class LocalMix(nn.Module):
         return torch.einsum("rskd,kd->rsd", gathered, self.weight.to(x.dtype))
 
 
+def sample_extents(coords: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+    """Each sample's patch-grid size (T, H, W) from its tokens' coordinates: [B, 3] float, B = max id + 1."""
+    valid = (sample_ids >= 0)[..., None]
+    c = torch.where(valid, coords, 0).reshape(-1, 3).float()                  # padding counts as (0, 0, 0)
+    ids = sample_ids.clamp(min=0).reshape(-1, 1).expand(-1, 3)
+    b = int(sample_ids.max()) + 1 if sample_ids.numel() else 1
+    return c.new_zeros(b, 3).scatter_reduce(0, ids, c, "amax") + 1
+
+
+class FramePosition(nn.Module):
+    """Where a token is in its frame and clip, added to its embedding: sin/cos of its (h, w) position
+    as a fraction of its frame (NaViT's fractional positions, so every size and aspect ratio maps to the
+    same canvas) and of its latent frame index. RoPE alone tells attention only where tokens are
+    relative to each other, so from pure noise a model cannot put an object on one side of the frame
+    (Shapes World's translations start on the side opposite their direction: RESULTS, "Fifth
+    sitting"). Zero-initialised, so a model starts (or warm-starts) as without it."""
+
+    def __init__(self, dim: int, frequencies: int = 4):
+        super().__init__()
+        self.frequencies = frequencies
+        self.proj = nn.Linear(6 * frequencies, dim)
+
+    def features(self, coords: torch.Tensor, sample_ids: torch.Tensor, extents: torch.Tensor) -> torch.Tensor:
+        """[R, S, 6F]: per axis F sines and F cosines; h, w at multiples of pi of their fraction (periods
+        2, 1, 2/3, ... of the frame), the frame index at periods 2, 4, 8, ... latent frames."""
+        c = coords.float()
+        grid = extents[sample_ids.clamp(min=0)]                                 # [R, S, 3]
+        k = torch.arange(1, self.frequencies + 1, device=c.device, dtype=c.dtype)
+        space = ((c[..., 1:] + 0.5) / grid[..., 1:])[..., None] * (math.pi * k)  # [R, S, 2, F]
+        time = c[..., :1, None] * (math.pi / 2 ** (k - 1))                      # [R, S, 1, F]
+        angles = torch.cat([space, time], dim=2).flatten(2)                     # [R, S, 3F]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def forward(self, coords: torch.Tensor, sample_ids: torch.Tensor, extents: torch.Tensor) -> torch.Tensor:
+        feats = self.features(coords, sample_ids, extents).to(self.proj.weight.dtype)
+        return self.proj(feats) * (sample_ids >= 0)[..., None]
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero block: modulated self-attention, cross-attention to text, modulated MLP.
 

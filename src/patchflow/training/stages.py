@@ -47,11 +47,15 @@ def check_data_geometry(config: Config, vae: VideoVAE, patch: tuple = (1, 1, 1))
         vae.check_size(h, w, patch[1:], names=("data.sizes height", "data.sizes width"))
 
 
-def _load_same_shapes(model: nn.Module, state: dict, message: str) -> None:
-    """Load `state` into `model`, refusing with `message` unless every parameter name and shape match."""
-    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in model.state_dict().items()}:
+def _load_same_shapes(model: nn.Module, state: dict, message: str, additions: tuple[str, ...] = ()) -> None:
+    """Load `state` into `model`, refusing with `message` unless every parameter name and shape match.
+    Parameters under the prefixes `additions` (zero-initialised modules a warm start may lack, such as the
+    DiT's frame_pos) keep their initial values when `state` does not have them."""
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    kept = {k for k in own if k not in state and k.startswith(additions)} if additions else set()
+    if {k: v.shape for k, v in state.items()} != {k: s for k, s in own.items() if k not in kept}:
         raise ValueError(message)
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not kept)
 
 
 @torch.no_grad()
@@ -172,7 +176,7 @@ class DiTStage(Stage):
             state = DiT.from_pretrained(pipeline_folder(folder) / "transformer").state_dict()
         _load_same_shapes(self.model, state, f"train.init_from={folder}: its transformer has other parameters "
                                              "than this run's [dit] (width, depth, patch, local_mix or "
-                                             "pooled_text differ)")
+                                             "pooled_text differ)", additions=("frame_pos.",))
 
     def dataset(self) -> Dataset:
         """The clips, or their latents and text states from a `patchflow cache` folder (data.cache)."""

@@ -162,9 +162,6 @@ class DiT(nn.Module):
             # Cross-attention is ungated: a zero output projection makes it start as a no-op too (PixArt).
             nn.init.zeros_(block.cross.proj.weight)
             nn.init.zeros_(block.cross.proj.bias)
-        if self.config.frame_position:  # zero: a warm start from a model without it begins unchanged
-            nn.init.zeros_(self.frame_pos.proj.weight)
-            nn.init.zeros_(self.frame_pos.proj.bias)
         # Output: zero final modulation and projection, so the untrained model predicts v = 0.
         for layer in (self.final.adaLN, self.final.linear):
             nn.init.zeros_(layer.weight)

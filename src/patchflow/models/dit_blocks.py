@@ -227,7 +227,8 @@ class FramePosition(nn.Module):
     same canvas) and of its latent frame index. RoPE alone tells attention only where tokens are
     relative to each other, so from pure noise a model cannot put an object on one side of the frame
     (Shapes World's translations start on the side opposite their direction: RESULTS, "Fifth
-    sitting"). Zero-initialised, so a model starts (or warm-starts) as without it."""
+    sitting"). Initialised like the token embedding (Xavier), so position is not drowned by the noise a
+    token holds at t ~ 1; a warm start from a model without it zeroes it (training.stages)."""
 
     def __init__(self, dim: int, frequencies: int = 4):
         super().__init__()

@@ -49,13 +49,15 @@ def check_data_geometry(config: Config, vae: VideoVAE, patch: tuple = (1, 1, 1))
 
 def _load_same_shapes(model: nn.Module, state: dict, message: str, additions: tuple[str, ...] = ()) -> None:
     """Load `state` into `model`, refusing with `message` unless every parameter name and shape match.
-    Parameters under the prefixes `additions` (zero-initialised modules a warm start may lack, such as the
-    DiT's frame_pos) keep their initial values when `state` does not have them."""
-    own = {k: v.shape for k, v in model.state_dict().items()}
-    kept = {k for k in own if k not in state and k.startswith(additions)} if additions else set()
-    if {k: v.shape for k, v in state.items()} != {k: s for k, s in own.items() if k not in kept}:
+    Parameters under the prefixes `additions` (modules added to the model's input that a warm start may
+    lack, such as the DiT's frame_pos) are zeroed when `state` does not have them: the model begins as
+    the one it starts from."""
+    own = model.state_dict()
+    added = {k: torch.zeros_like(v) for k, v in own.items() if k not in state and k.startswith(additions)} \
+        if additions else {}
+    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in own.items() if k not in added}:
         raise ValueError(message)
-    model.load_state_dict(state, strict=not kept)
+    model.load_state_dict({**state, **added})
 
 
 @torch.no_grad()

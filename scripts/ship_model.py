@@ -1,12 +1,15 @@
 """Assemble the shipped Shapes World model from the recipe's runs (docs/training.md).
 
     python scripts/ship_model.py runs/shapes-world [runs/shapes-vae-decoder] \
-        -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4 --shift 3]
+        -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4 --shift 3] \
+        [--noisy-expert runs/noisy-expert --boundary 0.95]
 
 Takes the DiT run's pipeline (its transformer, text encoder, flow settings, VAE), swaps in the VAE of
 a decoder-only stage when one is named (refused unless its encoder and latent statistics are the ones
 the DiT was trained on: bit for bit), marks the model's world as "shapes" (so prompts outside it are reported), sets the
-default sampler settings chosen by benchmarks/bench_sampler.py, and saves everything in fp16.
+default sampler settings chosen by benchmarks/bench_sampler.py, adds a noisy-end expert when one is
+named (a DiT run trained only at t >= the boundary, on the same VAE latents and text encoder: refused
+otherwise), and saves everything in fp16.
 """
 
 from __future__ import annotations
@@ -30,12 +33,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="default num_inference_steps")
     parser.add_argument("--guidance", type=float, help="default guidance_scale")
     parser.add_argument("--shift", type=float, help="default sampler time shift (benchmarks/bench_sampler.py --shifts)")
+    parser.add_argument("--noisy-expert", type=Path, help="DiT run that takes the sampler steps at t >= --boundary")
+    parser.add_argument("--boundary", type=float, default=0.95, help="the noisy-end expert's boundary (default 0.95)")
     args = parser.parse_args()
 
     pipe = VideoPipeline.from_pretrained(args.dit_run)
     if args.vae_run is not None:
         pipe.vae = decoder_stage_vae(pipe, args.vae_run)
     pipe.world = "shapes"
+    if args.noisy_expert is not None:
+        expert = VideoPipeline.from_pretrained(args.noisy_expert)
+        same_vae = all(torch.equal(a, b) for a, b in zip(expert.vae.state_dict().values(), pipe.vae.state_dict().values()))
+        if expert.text_encoder_spec != pipe.text_encoder_spec or not same_vae:
+            raise SystemExit(f"{args.noisy_expert}: trained on another VAE or text encoder than {args.dit_run}")
+        pipe.with_noisy_expert(expert.transformer, args.boundary)
     if args.steps is not None:
         pipe.defaults["num_inference_steps"] = args.steps
     if args.guidance is not None:
@@ -46,7 +57,7 @@ def main() -> None:
         shutil.rmtree(args.output)
     pipe.save_pretrained(args.output, dtype=torch.float16)
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
-    dit_params = sum(p.numel() for p in pipe.transformer.parameters())
+    dit_params = sum(p.numel() for m in (pipe.transformer, pipe.noisy_expert) if m is not None for p in m.parameters())
     print(f"wrote {args.output}: {size / 2**20:.1f} MiB (fp16); DiT {dit_params / 1e6:.1f}M parameters, "
           f"VAE {pipe.vae.num_parameters() / 1e6:.2f}M; defaults {pipe.defaults}")
 

@@ -209,6 +209,33 @@ def test_save_load_round_trip(saved, pipe, tmp_path):
     assert np.array_equal(again("a red circle", seed=0, **FAST), pipe("a red circle", seed=0, **FAST))
 
 
+
+def test_noisy_expert_takes_the_steps_above_its_boundary_and_is_saved(tmp_path):
+    base = _build()
+    expert = DiT(dit_config("tiny", in_channels=4, text_dim=64, frame_position=True))
+    with torch.no_grad():
+        for p in expert.parameters():
+            p.normal_(0.0, 0.05)
+    calls = []
+    for name, model in (("base", base.transformer), ("expert", expert)):
+        model.register_forward_hook(lambda m, args, out, name=name: calls.append((name, float(args[1].max()))))
+    plain = base("a red circle", seed=0, num_inference_steps=4, progress=False)
+    calls.clear()
+    pipe = base.with_noisy_expert(expert, boundary=0.6)
+    mixed = pipe("a red circle", seed=0, num_inference_steps=4, progress=False)
+    assert calls and all((name == "expert") == (t >= 0.6) for name, t in calls)   # each step goes to one model
+    assert {name for name, _ in calls} == {"base", "expert"} and not np.array_equal(plain, mixed)
+    pipe.save_pretrained(tmp_path / "m")
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["noisy_expert"] == {"transformer": "noisy_expert", "boundary": 0.6}
+    loaded = VideoPipeline.from_pretrained(tmp_path / "m")
+    assert loaded.noisy_expert.config.frame_position and loaded.noisy_boundary == 0.6
+    assert np.array_equal(loaded("a red circle", seed=0, num_inference_steps=4, progress=False), mixed)
+    with pytest.raises(ValueError, match="patch_size"):
+        base.with_noisy_expert(DiT(dit_config("tiny", in_channels=4, text_dim=64, patch_size=(1, 1, 1))))
+    with pytest.raises(ValueError, match="noisy_boundary"):
+        base.with_noisy_expert(expert, boundary=1.0)
+
 def test_trained_text_encoder_is_saved_with_the_model(tmp_path):
     pipe = _build()
     pipe.transformer.train()  # a training loop's live modules: eval while sampling, then their mode back

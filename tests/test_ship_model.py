@@ -44,3 +44,20 @@ def test_ship_model_writes_an_fp16_shapes_pipeline(tmp_path):
                              "-o", str(tmp_path / "refused")], capture_output=True, text=True)
     assert failed.returncode != 0 and "its encoder is not the one" in failed.stderr
     assert not (tmp_path / "refused").exists()
+
+
+
+def test_ship_model_adds_a_noisy_end_expert(tmp_path):
+    sets = ["train.steps=1", "train.sample_every=0", "data.sizes=[[32, 32]]", "data.frames=[5]"]
+    train("dit", load_config(ROOT / "configs" / "tiny.toml", sets), tmp_path / "run", progress=False)
+    train("dit", load_config(ROOT / "configs" / "tiny.toml", [*sets, "dit.frame_position=true", "flow.noisy_share=1.0",
+                                                              "flow.noisy_from=0.9"]), tmp_path / "expert", progress=False)
+    out = tmp_path / "shipped"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(tmp_path / "run"), "-o", str(out),
+                    "--noisy-expert", str(tmp_path / "expert"), "--boundary", "0.9"], check=True, capture_output=True,
+                   text=True)
+    pipe = VideoPipeline.from_pretrained(out)
+    assert pipe.noisy_boundary == 0.9 and pipe.noisy_expert.config.frame_position
+    weights = load_file(out / "noisy_expert" / "model.safetensors")
+    assert all(w.dtype == torch.float16 for w in weights.values() if w.is_floating_point())
+    assert pipe("a red circle moving left", num_frames=5, height=32, width=32, seed=0, progress=False).shape == (5, 32, 32, 3)

@@ -16,6 +16,12 @@ Folder format (written by `save_pretrained` and the training loop):
                            "text_encoder", "flow": {FlowConfig}, "defaults": {num_frames, height, width,
                            num_inference_steps, guidance_scale, sampler, fps}, "world": "shapes" | null}
     DIR/transformer/, DIR/vae/ (config.json + model.safetensors), DIR/text_encoder/ (a saved encoder, if any)
+    optional: "noisy_expert": {"transformer": "noisy_expert", "boundary": b} and DIR/noisy_expert/: a second
+                           DiT that takes every sampler step at t >= b (the layout), the transformer the rest
+
+A noisy-end expert (eDiff-I's expert denoisers, Wan 2.2's high-noise expert): at t ~ 1 the model
+decides the layout from the caption alone, a task the rest of the trajectory never trains well
+(benchmarks/RESULTS.md, "Fifth sitting"); `with_noisy_expert` adds one trained only there.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ class VideoPipeline:
 
     def __init__(self, transformer: DiT, vae: VideoVAE, text_encoder: TextEncoder,
                  flow_config: FlowConfig | None = None, defaults: dict | None = None,
-                 text_encoder_spec: str | None = None, world: str | None = "shapes"):
+                 text_encoder_spec: str | None = None, world: str | None = "shapes",
+                 noisy_expert: DiT | None = None, noisy_boundary: float = 0.95):
         if transformer.config.in_channels != vae.config.latent_channels:
             raise ValueError(f"the transformer takes {transformer.config.in_channels} latent channels but the VAE "
                              f"makes {vae.config.latent_channels}")
@@ -91,6 +98,26 @@ class VideoPipeline:
         self.text_encoder_spec = text_encoder_spec or getattr(text_encoder, "spec", "minilm")
         self.world = world
         self._offload: torch.device | None = None  # set by enable_model_cpu_offload
+        self.noisy_expert: DiT | None = None
+        self.noisy_boundary = noisy_boundary
+        if noisy_expert is not None:
+            self.with_noisy_expert(noisy_expert, noisy_boundary)
+
+    def with_noisy_expert(self, expert: DiT, boundary: float = 0.95) -> VideoPipeline:
+        """Let `expert` (a DiT on the same latents, patches and text) take every sampler step at
+        t >= `boundary`; the transformer keeps the rest. Returns the pipeline."""
+        mine, theirs = self.transformer.config, expert.config
+        for field in ("in_channels", "patch_size", "text_dim"):
+            if getattr(mine, field) != getattr(theirs, field):
+                raise ValueError(f"the noisy-end expert's {field} {getattr(theirs, field)!r} differs from the "
+                                 f"transformer's {getattr(mine, field)!r}")
+        if not 0.0 < boundary < 1.0:
+            raise ValueError(f"noisy_boundary must be in (0, 1), got {boundary!r}")
+        self.noisy_expert, self.noisy_boundary = expert, float(boundary)
+        return self
+
+    def _components(self) -> list[nn.Module]:
+        return [m for m in (self.transformer, self.noisy_expert, self.vae, self.text_encoder) if m is not None]
 
     # ------------------------------------------------------------ loading and saving
     @classmethod
@@ -116,6 +143,9 @@ class VideoPipeline:
         flow = config_from_dict(FlowConfig, index.get("flow", {}))
         pipe = cls(transformer.eval(), vae.eval(), text_encoder.eval(), flow, index.get("defaults"), spec,
                    _saved_world(folder, index))
+        if "noisy_expert" in index:
+            entry = index["noisy_expert"]
+            pipe.with_noisy_expert(DiT.from_pretrained(folder / entry["transformer"]).eval(), entry["boundary"])
         return pipe.to(device, dtype)
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
@@ -132,6 +162,9 @@ class VideoPipeline:
                 shutil.copytree(self.text_encoder.path, target, dirs_exist_ok=True)
         index = {"transformer": "transformer", "vae": "vae", "text_encoder": spec,
                  "flow": dataclasses.asdict(self.flow_config), "defaults": self.defaults, "world": self.world}
+        if self.noisy_expert is not None:
+            self.noisy_expert.save_pretrained(directory / "noisy_expert", dtype=dtype)
+            index["noisy_expert"] = {"transformer": "noisy_expert", "boundary": self.noisy_boundary}
         atomic_write_bytes(directory / MODEL_INDEX, (json.dumps(index, indent=2) + "\n").encode())
         return directory
 
@@ -150,7 +183,7 @@ class VideoPipeline:
     # ------------------------------------------------------------ devices and memory
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoPipeline:
         """Move (and cast) every component; a device also turns model CPU offload off."""
-        for module in (self.transformer, self.vae, self.text_encoder):
+        for module in self._components():
             module.to(device=device, dtype=dtype)
         if device is not None:
             self._offload = None
@@ -185,9 +218,9 @@ class VideoPipeline:
     @contextmanager
     def _eval_mode(self) -> Iterator[None]:
         """Eval mode for the call, then each module's own mode back (training loops sample mid-run)."""
-        modules = [m for c in (self.transformer, self.vae, self.text_encoder) for m in c.modules()]
+        modules = [m for c in self._components() for m in c.modules()]
         modes = [m.training for m in modules]
-        for c in (self.transformer, self.vae, self.text_encoder):
+        for c in self._components():
             c.eval()
         try:
             yield
@@ -196,15 +229,18 @@ class VideoPipeline:
                 m.training = mode
 
     @contextmanager
-    def _running(self, module: nn.Module) -> Iterator[None]:
+    def _running(self, *modules: nn.Module | None) -> Iterator[None]:
         if self._offload is None:
             yield
             return
-        module.to(self._offload)
+        modules = [m for m in modules if m is not None]
+        for module in modules:
+            module.to(self._offload)
         try:
             yield
         finally:
-            module.to("cpu")
+            for module in modules:
+                module.to("cpu")
             if self._offload.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -242,7 +278,9 @@ class VideoPipeline:
             coords = packed.coords.repeat(reps, 1, 1)  # (reps R, S, 3)
             ids = torch.cat([torch.where(packed.sample_ids >= 0, packed.sample_ids + k * batch, -1)
                              for k in range(reps)])  # (reps R, S)
-            return self.transformer(x.to(dtype), t.to(dtype), coords, ids, text.to(dtype), text_mask).float()
+            expert = self.noisy_expert is not None and float(t.max()) >= self.noisy_boundary  # t: this step's level
+            model = self.noisy_expert if expert else self.transformer
+            return model(x.to(dtype), t.to(dtype), coords, ids, text.to(dtype), text_mask).float()
         return fn
 
     def shape_rules(self) -> dict:
@@ -393,7 +431,7 @@ class VideoPipeline:
             def callback(step: int, t: float, x: torch.Tensor) -> None:
                 req.callback(step_offset + step, t, torch.stack(packed.unpack(x)))
 
-        with self._running(self.transformer):
+        with self._running(self.transformer, self.noisy_expert):
             x = flow_sample(self._model_fn(packed, batch), noise_tokens, req.steps, req.sampler, shift,
                             req.guidance, text, uncond, x_init=init_tokens, t_start=req.strength,
                             x_cond=packed.tokens, cond_mask=keep, progress=req.progress, callback=callback)

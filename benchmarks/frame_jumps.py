@@ -28,7 +28,7 @@ from patchflow.shapes.evaluate import label_pixels
 from patchflow.shapes.world import COLORS, parse_prompt, render_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curve import add_model_args, run_pipeline  # noqa: E402
+from learning_curve import add_model_args, model_pipeline  # noqa: E402
 
 VAE = Path(__file__).resolve().parents[1] / "src/patchflow/pretrained/vae-general"
 FT = 4  # video frames per latent frame after the first
@@ -81,7 +81,7 @@ def main() -> None:
                 videos.append(to_user_video(vae.decode(vae.encode(x).mean)[0].clamp(-1, 1)))
         result = {"source": "ground truth through the VAE", **jumps(videos, colors)}
     else:
-        pipe = run_pipeline(args.run, args.checkpoint)
+        pipe = model_pipeline(args)
         videos = []
         for i in range(0, len(items), 8):
             batch = items[i:i + 8]

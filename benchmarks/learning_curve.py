@@ -58,6 +58,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     parser.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
     parser.add_argument("--shift", type=float, default=None, help="sampler time shift (default: the model's)")
+    parser.add_argument("--noisy-expert", type=Path, help="a DiT run that takes the sampler steps at t >= --boundary")
+    parser.add_argument("--expert-checkpoint", type=Path, help="that run's checkpoint (default: its final/)")
+    parser.add_argument("--boundary", type=float, default=0.95, help="the noisy-end expert's boundary (default 0.95)")
+
+
+def model_pipeline(args: argparse.Namespace) -> VideoPipeline:
+    """The pipeline `add_model_args` names: the run (or its checkpoint), with its noisy-end expert if given."""
+    pipe = run_pipeline(args.run, args.checkpoint)
+    if args.noisy_expert is not None:
+        pipe.with_noisy_expert(run_pipeline(args.noisy_expert, args.expert_checkpoint).transformer.eval(), args.boundary)
+    return pipe
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Does a model follow the motion words? Per-direction displacement and per-motion pass rates.
 
     python benchmarks/motion_probe.py runs/long/vid-warm-b128 --checkpoint CKPT [--shift 3] [--seeds 16]
+        [--noisy-expert runs/long/noisy-expert --expert-checkpoint CKPT --boundary 0.95]
     python benchmarks/motion_probe.py --ground-truth      # the world's own renders of the same prompts
 
 Two measurements, both on fixed seeds:
@@ -31,7 +32,7 @@ from patchflow.shapes.world import render
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frame_jumps import centroids  # noqa: E402
-from learning_curve import add_model_args, run_pipeline  # noqa: E402
+from learning_curve import add_model_args, model_pipeline  # noqa: E402
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 OBJECTS = [("red", "square"), ("blue", "circle")]
@@ -100,14 +101,15 @@ def main() -> None:
         report({"source": "world renders", "half_true_px": round(need, 1)}, truth)
         return
 
-    pipe = run_pipeline(args.run, args.checkpoint)
+    pipe = model_pipeline(args)
 
     def generate(prompt: str, n: int) -> list[np.ndarray]:
         return list(pipe([prompt] * n, num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=args.steps,
                          guidance_scale=args.guidance, shift=args.shift, seed=list(range(n)), progress=False))
 
     rows = direction_table(generate, args.seeds, need)
-    report({"source": str(args.checkpoint or args.run), "shift": args.shift, "half_true_px": round(need, 1)}, rows)
+    report({"source": str(args.checkpoint or args.run), "shift": args.shift, "half_true_px": round(need, 1),
+            "noisy_expert": str(args.expert_checkpoint or args.noisy_expert) if args.noisy_expert else None}, rows)
     if args.heldout:
         print(json.dumps({"per_motion": per_motion(pipe, args.heldout, args.steps, args.guidance, args.shift)}))
 

@@ -51,10 +51,15 @@ def run_pipeline(run: Path, checkpoint: Path | None = None) -> VideoPipeline:
     return pipe
 
 
+def add_run_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The run to judge and, optionally, one of its checkpoints (see run_pipeline)."""
+    parser.add_argument("run", nargs=None if required else "?", type=Path, help="a DiT run or pipeline folder")
+    parser.add_argument("--checkpoint", type=Path, help="judge this checkpoint's EMA weights instead of final/")
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The arguments of a probe that judges one model: the run, a checkpoint of it, and the sampler."""
-    parser.add_argument("run", nargs="?", type=Path, help="a DiT run or pipeline folder")
-    parser.add_argument("--checkpoint", type=Path, help="judge this checkpoint's EMA weights instead of final/")
+    add_run_args(parser, required=False)  # a probe may judge the ground truth instead
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     parser.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
     parser.add_argument("--shift", type=float, default=None, help="sampler time shift (default: the model's)")

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from learning_curve import run_pipeline
+from learning_curve import add_run_args, run_pipeline
 from motion_probe import DIRECTIONS
 from patchflow.evaluation.model_eval import FRAMES, SIZE
 from patchflow.flow import interpolate
@@ -61,8 +60,7 @@ def noisy_end_means(pipe, t: float, draws: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="a DiT run or pipeline folder")
-    parser.add_argument("--checkpoint", type=Path, help="judge this checkpoint's EMA weights instead of final/")
+    add_run_args(parser)
     parser.add_argument("--t", type=float, default=0.999, help="the noise level (default 0.999)")
     parser.add_argument("--draws", type=int, default=16, help="renders and noise draws per word (default 16)")
     args = parser.parse_args()

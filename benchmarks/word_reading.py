@@ -84,17 +84,16 @@ def losses(pipe, sets: list[dict], frames: int, size: int, seed: int, given_firs
 
 
 def main() -> None:
+    from learning_curve import add_run_args, run_pipeline
+    from patchflow.evaluation.model_eval import FRAMES, SIZE
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="a DiT run or pipeline folder")
-    parser.add_argument("--checkpoint", type=Path, help="judge this checkpoint's EMA weights instead of final/")
+    add_run_args(parser)
     parser.add_argument("--clips", type=int, default=32, help="clips (half translations; default 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--given-first", action="store_true",
                         help="give the first latent frame clean (image-to-video): is the word read once the layout is known?")
     args = parser.parse_args()
-
-    from learning_curve import run_pipeline
-    from patchflow.evaluation.model_eval import FRAMES, SIZE
 
     pipe = run_pipeline(args.run, args.checkpoint)
     pipe.transformer.eval()

@@ -43,7 +43,8 @@ def main() -> None:
     pipe.world = "shapes"
     if args.noisy_expert is not None:
         expert = VideoPipeline.from_pretrained(args.noisy_expert)
-        same_vae = all(torch.equal(a, b) for a, b in zip(expert.vae.state_dict().values(), pipe.vae.state_dict().values()))
+        theirs, mine = expert.vae.state_dict(), pipe.vae.state_dict()
+        same_vae = theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine)
         if expert.text_encoder_spec != pipe.text_encoder_spec or not same_vae:
             raise SystemExit(f"{args.noisy_expert}: trained on another VAE or text encoder than {args.dit_run}")
         pipe.with_noisy_expert(expert.transformer, args.boundary)

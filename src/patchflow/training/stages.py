@@ -53,8 +53,7 @@ def _load_same_shapes(model: nn.Module, state: dict, message: str, additions: tu
     lack, such as the DiT's frame_pos) are zeroed when `state` does not have them: the model begins as
     the one it starts from."""
     own = model.state_dict()
-    added = {k: torch.zeros_like(v) for k, v in own.items() if k not in state and k.startswith(additions)} \
-        if additions else {}
+    added = {k: torch.zeros_like(v) for k, v in own.items() if k not in state and k.startswith(additions)}
     if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in own.items() if k not in added}:
         raise ValueError(message)
     model.load_state_dict({**state, **added})
@@ -177,8 +176,8 @@ class DiTStage(Stage):
         else:
             state = DiT.from_pretrained(pipeline_folder(folder) / "transformer").state_dict()
         _load_same_shapes(self.model, state, f"train.init_from={folder}: its transformer has other parameters "
-                                             "than this run's [dit] (width, depth, patch, local_mix or "
-                                             "pooled_text differ)", additions=("frame_pos.",))
+                                             "than this run's [dit] (width, depth, patch, local_mix, "
+                                             "pooled_text or frame_position differ)", additions=("frame_pos.",))
 
     def dataset(self) -> Dataset:
         """The clips, or their latents and text states from a `patchflow cache` folder (data.cache)."""

@@ -4,12 +4,17 @@
     python benchmarks/narrow_mix_cache.py --source cache/sw15k --out cache/narrow128 --narrow 128 --narrow-only
 
 No Shapes World run before this one read the direction word ("moving left" and "moving right" gave the
-same video; benchmarks/word_reading.py). A narrow world of one large red square or blue circle moving
-left, right, up or down on black learns it in minutes, so this cache is the source cache's items (linked,
-not copied) plus `--narrow` clips of those eight captions rendered from fresh start positions and encoded
-with the same VAE (`--narrow-only`: those clips alone, the narrow world of the probes). Everything else (data table, VAE, text encoder) is the source's, so its cache key
-still matches the source's config: train with `--set data.cache="OUT"`. Resumable; the narrow clips are
-the same for the same arguments. Results: benchmarks/RESULTS.md, "Fourth sitting".
+same video; benchmarks/word_reading.py). Narrow clips of one object moving left, right, up or down teach
+it: this cache is the source cache's items (linked, not copied) plus `--narrow` clips rendered from fresh
+start positions and encoded with the same VAE (`--narrow-only`: those clips alone, a narrow world for
+probes). Their captions are every *training* colour/shape/direction triple, in both sizes, on each of
+`--backgrounds` ("a small cyan square moving left on a gray background"), never a held-out triple: the
+held-out row measures combinations the model has not seen. (The first version of this script used
+eight fixed captions, a large red square or blue circle on black, three of which, red square moving
+down and blue circle moving left or up, are held-out triples; the caches and runs made with it are
+marked so in benchmarks/RESULTS.md.) Everything else (data table, VAE, text encoder) is the source's,
+so its cache key still matches the source's config: train with `--set data.cache="OUT"`. Resumable;
+the narrow clips are the same for the same arguments. Results: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ from tqdm.auto import tqdm
 from patchflow.data.video_processing import to_model_video
 from patchflow.models.text import TextEmbeddingCache, load_text_encoder
 from patchflow.models.vae import VideoVAE
-from patchflow.shapes.world import render
+from patchflow.shapes.world import BACKGROUNDS, SIZES, TRAIN_COMBOS, render
 from patchflow.training.cache import write_item
 
-PROMPTS = [f"a large {color} {shape} moving {direction} on a black background"
-           for color, shape in (("red", "square"), ("blue", "circle")) for direction in ("left", "right", "up", "down")]
 SIZE, FRAMES, SEED0 = 64, 17, 1000  # the narrow clips use render seeds SEED0 + i
+
+
+def narrow_prompts(backgrounds: list[str]) -> list[str]:
+    """One caption per training colour/shape/direction triple, size and background, in a fixed order."""
+    return [f"a {size} {color} {shape} {motion} on a {background} background"
+            for color, shape, motion in TRAIN_COMBOS if motion.startswith("moving ")
+            for size in SIZES for background in backgrounds]
 
 
 def main() -> None:
@@ -39,6 +49,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--narrow", type=int, default=5000, help="narrow clips added (default 5000: 25%% of 20,000)")
     parser.add_argument("--narrow-only", action="store_true", help="leave the source's clips out")
+    parser.add_argument("--backgrounds", nargs="+", choices=list(BACKGROUNDS), default=list(BACKGROUNDS),
+                        help="the narrow clips' backgrounds (default: all)")
     args = parser.parse_args()
     meta = json.loads((args.source / "meta.json").read_text())
     if meta["key"]["text"].get("encoder") is None or meta["key"]["vae"].get("weights") is None:
@@ -46,6 +58,7 @@ def main() -> None:
     if args.narrow < 1:
         raise SystemExit(f"--narrow must be >= 1, got {args.narrow}")
 
+    prompts = narrow_prompts(args.backgrounds)
     latents = args.out / "latents"
     latents.mkdir(parents=True, exist_ok=True)
     if not (args.out / "text").exists():
@@ -55,7 +68,7 @@ def main() -> None:
         if not (latents / f"{i:08d}.safetensors").exists():
             os.symlink(f.resolve(), latents / f"{i:08d}.safetensors")
 
-    TextEmbeddingCache(args.out / "text", load_text_encoder(meta["key"]["text"]["encoder"])).encode(PROMPTS + [""])
+    TextEmbeddingCache(args.out / "text", load_text_encoder(meta["key"]["text"]["encoder"])).encode(prompts + [""])
     vae = _source_vae(args.source)
     first = len(files)
     with torch.no_grad(), tqdm(total=args.narrow, desc="narrow clips") as bar:
@@ -63,11 +76,11 @@ def main() -> None:
             todo = [j for j in range(start, min(start + 32, args.narrow))
                     if not (latents / f"{first + j:08d}.safetensors").exists()]
             if todo:
-                video = torch.stack([to_model_video(render(PROMPTS[j % len(PROMPTS)], SIZE, SIZE, FRAMES,
+                video = torch.stack([to_model_video(render(prompts[j % len(prompts)], SIZE, SIZE, FRAMES,
                                                            seed=SEED0 + j)) for j in todo])
                 dist = vae.encode(video)
                 for k, j in enumerate(todo):
-                    caption = PROMPTS[j % len(PROMPTS)]
+                    caption = prompts[j % len(prompts)]
                     write_item(latents / f"{first + j:08d}.safetensors", dist.mean[k], dist.std[k],
                                {"short": caption, "plain": caption, "detailed": caption})
             bar.update(min(32, args.narrow - start))

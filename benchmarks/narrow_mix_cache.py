@@ -36,11 +36,17 @@ from patchflow.training.cache import write_item
 SIZE, FRAMES, SEED0 = 64, 17, 1000  # the narrow clips use render seeds SEED0 + i
 
 
-def narrow_prompts(backgrounds: list[str]) -> list[str]:
-    """One caption per training colour/shape/direction triple, size and background, in a fixed order."""
-    return [f"a {size} {color} {shape} {motion} on a {background} background"
-            for color, shape, motion in TRAIN_COMBOS if motion.startswith("moving ")
-            for size in SIZES for background in backgrounds]
+def narrow_prompts(backgrounds: list[str], objects: list[str] | None = None) -> list[str]:
+    """One caption per training colour/shape/direction triple, size and background, in a fixed order;
+    with `objects` ("large red triangle", ...), only those objects (and only their training directions)."""
+    prompts = [f"a {size} {color} {shape} {motion} on a {background} background"
+               for color, shape, motion in TRAIN_COMBOS if motion.startswith("moving ")
+               for size in SIZES for background in backgrounds
+               if objects is None or f"{size} {color} {shape}" in objects]
+    unknown = [o for o in objects or [] if not any(f" {o} moving " in f" {p}" for p in prompts)]
+    if unknown:
+        raise SystemExit(f"--objects {unknown}: not 'SIZE COLOUR SHAPE' of the world, or no training direction")
+    return prompts
 
 
 def main() -> None:
@@ -51,6 +57,8 @@ def main() -> None:
     parser.add_argument("--narrow-only", action="store_true", help="leave the source's clips out")
     parser.add_argument("--backgrounds", nargs="+", choices=list(BACKGROUNDS), default=list(BACKGROUNDS),
                         help="the narrow clips' backgrounds (default: all)")
+    parser.add_argument("--objects", nargs="+", metavar="OBJECT",
+                        help='only these objects, e.g. "large red triangle" (default: every size, colour and shape)')
     args = parser.parse_args()
     meta = json.loads((args.source / "meta.json").read_text())
     if meta["key"]["text"].get("encoder") is None or meta["key"]["vae"].get("weights") is None:
@@ -58,7 +66,7 @@ def main() -> None:
     if args.narrow < 1:
         raise SystemExit(f"--narrow must be >= 1, got {args.narrow}")
 
-    prompts = narrow_prompts(args.backgrounds)
+    prompts = narrow_prompts(args.backgrounds, args.objects)
     latents = args.out / "latents"
     latents.mkdir(parents=True, exist_ok=True)
     if not (args.out / "text").exists():

@@ -30,23 +30,11 @@ from tqdm.auto import tqdm
 from patchflow.data.video_processing import to_model_video
 from patchflow.models.text import TextEmbeddingCache, load_text_encoder
 from patchflow.models.vae import VideoVAE
-from patchflow.shapes.world import BACKGROUNDS, SIZES, TRAIN_COMBOS, render
+from patchflow.shapes.captions import translation_captions
+from patchflow.shapes.world import BACKGROUNDS, render
 from patchflow.training.cache import write_item
 
 SIZE, FRAMES, SEED0 = 64, 17, 1000  # the narrow clips use render seeds SEED0 + i
-
-
-def narrow_prompts(backgrounds: list[str], objects: list[str] | None = None) -> list[str]:
-    """One caption per training colour/shape/direction triple, size and background, in a fixed order;
-    with `objects` ("large red triangle", ...), only those objects (and only their training directions)."""
-    prompts = [f"a {size} {color} {shape} {motion} on a {background} background"
-               for color, shape, motion in TRAIN_COMBOS if motion.startswith("moving ")
-               for size in SIZES for background in backgrounds
-               if objects is None or f"{size} {color} {shape}" in objects]
-    unknown = [o for o in objects or [] if not any(f" {o} moving " in f" {p}" for p in prompts)]
-    if unknown:
-        raise SystemExit(f"--objects {unknown}: not 'SIZE COLOUR SHAPE' of the world, or no training direction")
-    return prompts
 
 
 def main() -> None:
@@ -66,7 +54,10 @@ def main() -> None:
     if args.narrow < 1:
         raise SystemExit(f"--narrow must be >= 1, got {args.narrow}")
 
-    prompts = narrow_prompts(args.backgrounds, args.objects)
+    try:
+        prompts = translation_captions(args.backgrounds, args.objects)
+    except ValueError as err:
+        raise SystemExit(f"--objects/--backgrounds: {err}")
     latents = args.out / "latents"
     latents.mkdir(parents=True, exist_ok=True)
     if not (args.out / "text").exists():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchflow.shapes.captions import captions, plain_caption
+from patchflow.shapes.captions import captions, plain_caption, translation_captions
 from patchflow.data.datasets import ShapesDataset
 from patchflow.shapes.world import (
     ALL_COMBOS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, TRAIN_COMBOS, is_heldout, parse_prompt, render, sample_scene,
@@ -116,3 +116,19 @@ def test_dataset_any_size_and_deterministic():
     assert torch.equal(ds[3]["video"], ShapesDataset(20, sizes=[(32, 96), (64, 64)], frames=[1, 9, 17], seed=5)[3]["video"])
     with pytest.raises(ValueError, match="split"):
         ShapesDataset(split="test")
+
+
+def test_translation_captions_are_training_triples_the_world_reads():
+    # The narrow clips that teach direction must never show a held-out colour/shape/motion triple: a leak
+    # of three such triples inflated the held-out row of every expert trained on the first version.
+    every = translation_captions()
+    assert len(every) == len(set(every)) == 2 * 3 * sum(m.startswith("moving ") for _, _, m in TRAIN_COMBOS)
+    for caption in every:
+        obj = scene_from_prompt(caption).objects[0]
+        assert obj.motion.startswith("moving ") and not is_heldout(obj), caption
+    some = translation_captions(["white"], ["large red square"])
+    assert some == [f"a large red square moving {d} on a white background" for d in ("left", "right", "up")]  # down: held out
+    with pytest.raises(ValueError, match="purple"):
+        translation_captions(["purple"])
+    with pytest.raises(ValueError, match="red squar"):
+        translation_captions(objects=["large red squar"])

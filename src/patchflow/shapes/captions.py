@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 import re
 
-from patchflow.shapes.world import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SceneRecord, SceneSpec, prompt_words
+from patchflow.shapes.world import (BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, TRAIN_COMBOS, ObjectSpec, SceneRecord,
+                                    SceneSpec, prompt_words)
 
 
 # ---------------------------------------------------------------- short and plain
@@ -31,6 +32,25 @@ def plain_caption(scene: SceneRecord | SceneSpec) -> str:
     """`a small red circle moving right [and ...] on a black background`."""
     text = " and ".join(_object_phrase(o.color, o.shape, o.motion, o.size) for o in scene.objects)
     return f"{text} on {_article(scene.background)} {scene.background} background" if scene.background else text
+
+
+def translation_captions(backgrounds: tuple[str, ...] | list[str] = tuple(BACKGROUNDS),
+                         objects: list[str] | None = None) -> list[str]:
+    """Plain captions of one object moving left, right, up or down, one per *training* colour/shape/direction
+    triple, size and background, in a fixed order; `objects` ("large red triangle", ...) keeps only those.
+    Never a held-out triple (the held-out row must measure combinations no training clip showed). The
+    narrow clips that teach direction (benchmarks/narrow_mix_cache.py) are rendered from these."""
+    unknown = sorted(set(backgrounds) - set(BACKGROUNDS))
+    if unknown:
+        raise ValueError(f"unknown backgrounds {unknown}; the world has {list(BACKGROUNDS)}")
+    out = [plain_caption(SceneSpec([ObjectSpec(color, shape, motion, size)], background))
+           for color, shape, motion in TRAIN_COMBOS if motion.startswith("moving ")
+           for size in SIZES for background in backgrounds
+           if objects is None or f"{size} {color} {shape}" in objects]
+    missing = [o for o in objects or [] if not any(f" {o} moving " in f" {c}" for c in out)]
+    if missing:
+        raise ValueError(f"objects {missing}: not 'SIZE COLOUR SHAPE' of the world, or no training direction")
+    return out
 
 
 def short_caption(scene: SceneRecord | SceneSpec) -> str:

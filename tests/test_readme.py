@@ -40,9 +40,8 @@ def test_readme_command_parses(argv):
 
 
 def test_readme_python_runs(tmp_path, monkeypatch, one_thread):
-    from tiny_models import saved_tiny_pipeline
-
-    saved_tiny_pipeline(tmp_path / "runs" / "tiny", 17, 64, 64)  # stands in for `patchflow train ... runs/tiny`
+    # The README's Python uses the shipped model (src/patchflow/pretrained/shapes-world/).
+    monkeypatch.delenv("PATCHFLOW_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "readme"}
     for block in blocks("python"):

@@ -38,16 +38,16 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = VideoPipeline.from_pretrained(args.dit_run)
-    if args.vae_run is not None:
-        pipe.vae = decoder_stage_vae(pipe, args.vae_run)
     pipe.world = "shapes"
-    if args.noisy_expert is not None:
+    if args.noisy_expert is not None:  # checked against the VAE both DiTs were trained on, before any swap
         expert = VideoPipeline.from_pretrained(args.noisy_expert)
         theirs, mine = expert.vae.state_dict(), pipe.vae.state_dict()
         same_vae = theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine)
         if expert.text_encoder_spec != pipe.text_encoder_spec or not same_vae:
             raise SystemExit(f"{args.noisy_expert}: trained on another VAE or text encoder than {args.dit_run}")
         pipe.with_noisy_expert(expert.transformer, args.boundary)
+    if args.vae_run is not None:
+        pipe.vae = decoder_stage_vae(pipe, args.vae_run)
     if args.steps is not None:
         pipe.defaults["num_inference_steps"] = args.steps
     if args.guidance is not None:

@@ -52,12 +52,20 @@ def test_ship_model_adds_a_noisy_end_expert(tmp_path):
     train("dit", load_config(ROOT / "configs" / "tiny.toml", sets), tmp_path / "run", progress=False)
     train("dit", load_config(ROOT / "configs" / "tiny.toml", [*sets, "dit.frame_position=true", "flow.noisy_share=1.0",
                                                               "flow.noisy_from=0.9"]), tmp_path / "expert", progress=False)
+    # With a decoder-only VAE stage too: the expert is checked against the VAE both DiTs were trained on.
+    decoder = tmp_path / "decoder-vae"
+    VideoPipeline.from_pretrained(tmp_path / "run").vae.save_pretrained(decoder)
+    state = load_file(decoder / "model.safetensors")
+    key = next(k for k in state if k.startswith("decoder") and state[k].is_floating_point())
+    state[key] = state[key] + 0.5
+    save_file(state, decoder / "model.safetensors")
     out = tmp_path / "shipped"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(tmp_path / "run"), "-o", str(out),
-                    "--noisy-expert", str(tmp_path / "expert"), "--boundary", "0.9"], check=True, capture_output=True,
-                   text=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(tmp_path / "run"), str(decoder),
+                    "-o", str(out), "--noisy-expert", str(tmp_path / "expert"), "--boundary", "0.9"], check=True,
+                   capture_output=True, text=True)
     pipe = VideoPipeline.from_pretrained(out)
     assert pipe.noisy_boundary == 0.9 and pipe.noisy_expert.config.frame_position
+    assert torch.allclose(pipe.vae.state_dict()[key].float(), state[key].half().float())  # the tuned decoder
     weights = load_file(out / "noisy_expert" / "model.safetensors")
     assert all(w.dtype == torch.float16 for w in weights.values() if w.is_floating_point())
     assert pipe("a red circle moving left", num_frames=5, height=32, width=32, seed=0, progress=False).shape == (5, 32, 32, 3)

@@ -1,4 +1,4 @@
-"""The README cannot drift from the code: its Python blocks run, its `patchflow` commands parse."""
+"""The README cannot drift from the code: its Python blocks run, its `patchflow` commands (and docs/'s) parse."""
 
 from __future__ import annotations
 
@@ -10,20 +10,27 @@ import pytest
 
 from patchflow.cli import build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+def blocks(language: str, doc: Path = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", doc.read_text(), flags=re.S)
 
 
-def patchflow_commands() -> list[list[str]]:
-    """Every `patchflow ...` invocation in the README's bash blocks, split into arguments."""
+def patchflow_commands(doc: Path = README) -> list[list[str]]:
+    """Every `patchflow ...` invocation in a document's bash blocks, split into arguments
+    (after any `VAR=value` prefixes and a `taskset -c N`)."""
     commands = []
-    for block in blocks("bash"):
+    for block in blocks("bash", doc):
         for line in block.replace("\\\n", " ").splitlines():
             for part in re.split(r"&&|;|\|", line.split(" #")[0]):
                 words = shlex.split(part)
+                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                    words = words[1:]
+                if words[:2] == ["taskset", "-c"]:
+                    words = words[3:]
                 if words and words[0] == "patchflow":
                     commands.append(words[1:])
     return commands
@@ -37,6 +44,16 @@ def test_the_readme_has_blocks_to_check():
 def test_readme_command_parses(argv):
     args = build_parser(argv).parse_args(argv)  # SystemExit on an unknown flag or a bad value
     assert getattr(args, "func", None) is not None
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_docs_commands_parse(doc):
+    for argv in patchflow_commands(doc):
+        try:
+            args = build_parser(argv).parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{doc.name}: `patchflow {' '.join(argv)}` does not parse")
+        assert getattr(args, "func", None) is not None, argv
 
 
 def test_readme_python_runs(tmp_path, monkeypatch, one_thread):

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("dit_run", type=Path, help="DiT training run (or pipeline folder)")
     parser.add_argument("vae_run", type=Path, nargs="?",
                         help="decoder-only VAE run (or its final/vae folder); default: the DiT run's own VAE")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="pipeline folder to write (replaced)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="pipeline folder to write (replaced, but for its README.md: the model card)")
     parser.add_argument("--steps", type=int, help="default num_inference_steps")
     parser.add_argument("--guidance", type=float, help="default guidance_scale")
     parser.add_argument("--shift", type=float, help="default sampler time shift (benchmarks/bench_sampler.py --shifts)")
@@ -54,9 +54,13 @@ def main() -> None:
         pipe.defaults["guidance_scale"] = args.guidance
     if args.shift is not None:
         pipe.defaults["shift"] = args.shift
+    card = args.output / "README.md"  # the model card is written by hand: kept across a re-ship
+    kept = card.read_text() if card.is_file() else None
     if args.output.exists():
         shutil.rmtree(args.output)
     pipe.save_pretrained(args.output, dtype=torch.float16)
+    if kept is not None:
+        card.write_text(kept)
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
     dit_params = sum(p.numel() for m in (pipe.transformer, pipe.noisy_expert) if m is not None for p in m.parameters())
     print(f"wrote {args.output}: {size / 2**20:.1f} MiB (fp16); DiT {dit_params / 1e6:.1f}M parameters, "

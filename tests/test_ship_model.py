@@ -21,8 +21,12 @@ def test_ship_model_writes_an_fp16_shapes_pipeline(tmp_path):
                                                                  "data.sizes=[[32, 32]]", "data.frames=[5]"]),
           run, progress=False)
     out = tmp_path / "shipped"
+    out.mkdir()
+    (out / "README.md").write_text("# the model card\n")  # a re-ship replaces the weights, not the card
+    (out / "stale.bin").write_text("old")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(run), "-o", str(out),
                     "--steps", "12", "--guidance", "3.5", "--shift", "3"], check=True, capture_output=True, text=True)
+    assert (out / "README.md").read_text() == "# the model card\n" and not (out / "stale.bin").exists()
     pipe = VideoPipeline.from_pretrained(out)
     assert pipe.world == "shapes"
     defaults = pipe.defaults

@@ -1,11 +1,12 @@
 """The shipped Shapes World model works: it loads by default and follows held-out prompts.
 
-A fast version of MODEL_CARD.md's evaluation (24 held-out prompts and 8 image-to-video clips at the
-model's own settings, ~25 s), so a regression in the weights, the VAE, the sampler, the noisy-end
-expert or the loading path fails CI. Measured on the 2-core CPU when the model shipped (2026-12-07):
-held-out 46% fully correct (motion 100%), image-to-video 75% (first frame kept in 7 of 8); the
-thresholds sit below with room for other machines' float rounding, and above what the main model
-alone gets without its noisy-end expert (held-out motion ~43%).
+A fast version of the model card's evaluation (src/patchflow/pretrained/shapes-world/README.md: 24
+held-out prompts and 8 image-to-video clips at the model's own settings, ~15 s), so a regression in
+the weights, the VAE, the sampler, the noisy-end expert or the loading path fails CI. Measured on the
+2-core CPU when the model shipped (2026-12-07): held-out 71% fully correct (motion 100%),
+image-to-video 88% (first frame kept in 8 of 8, 32.4 dB); the thresholds sit below with room for
+other machines' float rounding, and above what the pipeline gets without its noisy-end expert
+(held-out motion ~43%) or with the general VAE's decoder (46% of the same 24 prompts, 7 of 8 kept).
 """
 
 import pytest
@@ -51,10 +52,10 @@ def test_follows_heldout_prompts(pipe):
     result = evaluate_row(pipe, "heldout", count=24, progress=False)
     assert result["background"] >= 0.9, result
     assert result["motion"] >= 0.8, result  # the noisy-end expert's work: ~43% without it
-    assert result["all"] >= 0.3, result
+    assert result["all"] >= 0.55, result
 
 
 def test_image_to_video_keeps_the_given_frame(pipe):
     result = evaluate_row(pipe, "image_to_video", count=8, progress=False)
-    assert result["kept"] >= 0.75, result  # frame 0 reproduced at >= 28 dB
+    assert result["kept"] >= 0.875, result  # frame 0 reproduced at >= 28 dB
     assert result["all"] >= 0.5, result

@@ -13,7 +13,8 @@ held-out row measures combinations the model has not seen. (The first version of
 eight fixed captions, a large red square or blue circle on black, three of which, red square moving
 down and blue circle moving left or up, are held-out triples; the caches and runs made with it are
 marked so in benchmarks/RESULTS.md.) Everything else (data table, VAE, text encoder) is the source's,
-so its cache key still matches the source's config: train with `--set data.cache="OUT"`. Resumable;
+so its cache key still matches the source's config: train with `--set data.cache="OUT"`. `--vae` names the
+source's VAE folder when it is not a shipped one, `--device cuda` encodes on a GPU. Resumable;
 the narrow clips are the same for the same arguments. Results: benchmarks/RESULTS.md.
 """
 
@@ -47,6 +48,10 @@ def main() -> None:
                         help="the narrow clips' backgrounds (default: all)")
     parser.add_argument("--objects", nargs="+", metavar="OBJECT",
                         help='only these objects, e.g. "large red triangle" (default: every size, colour and shape)')
+    parser.add_argument("--vae", type=Path,
+                        help="the source cache's VAE folder (default: found by its weights among the shipped ones)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the narrow clips are encoded (default: cuda if available)")
     args = parser.parse_args()
     meta = json.loads((args.source / "meta.json").read_text())
     if meta["key"]["text"].get("encoder") is None or meta["key"]["vae"].get("weights") is None:
@@ -58,6 +63,7 @@ def main() -> None:
         prompts = translation_captions(args.backgrounds, args.objects)
     except ValueError as err:
         raise SystemExit(f"--objects/--backgrounds: {err}")
+    vae = _source_vae(args.source, args.vae).to(args.device)  # refused before anything is written
     latents = args.out / "latents"
     latents.mkdir(parents=True, exist_ok=True)
     if not (args.out / "text").exists():
@@ -68,7 +74,6 @@ def main() -> None:
             os.symlink(f.resolve(), latents / f"{i:08d}.safetensors")
 
     TextEmbeddingCache(args.out / "text", load_text_encoder(meta["key"]["text"]["encoder"])).encode(prompts + [""])
-    vae = _source_vae(args.source)
     first = len(files)
     with torch.no_grad(), tqdm(total=args.narrow, desc="narrow clips") as bar:
         for start in range(0, args.narrow, 32):
@@ -77,7 +82,7 @@ def main() -> None:
             if todo:
                 video = torch.stack([to_model_video(render(prompts[j % len(prompts)], SIZE, SIZE, FRAMES,
                                                            seed=SEED0 + j)) for j in todo])
-                dist = vae.encode(video)
+                dist = vae.encode(video.to(args.device))
                 for k, j in enumerate(todo):
                     caption = prompts[j % len(prompts)]
                     write_item(latents / f"{first + j:08d}.safetensors", dist.mean[k], dist.std[k],
@@ -87,15 +92,20 @@ def main() -> None:
     print(f"{first} source items + {args.narrow} narrow clips in {args.out}")
 
 
-def _source_vae(source: Path) -> VideoVAE:
-    """The VAE the source cache was made with, found by its weights' digest among the shipped ones."""
+def _source_vae(source: Path, folder: Path | None = None) -> VideoVAE:
+    """The VAE the source cache was made with: `folder` if its weights' digest is the cache's, else
+    (no folder) the shipped VAE with that digest."""
     from patchflow.training.cache import _weights_digest
 
     want = json.loads((source / "meta.json").read_text())["key"]["vae"]["weights"]
+    if folder is not None:
+        if _weights_digest(str(folder)) != want:
+            raise SystemExit(f"--vae {folder}: {source} was not made with this VAE")
+        return VideoVAE.from_pretrained(folder).eval()
     for folder in sorted((Path(__file__).resolve().parents[1] / "src/patchflow/pretrained").iterdir()):
         if (folder / "model.safetensors").is_file() and _weights_digest(str(folder)) == want:
             return VideoVAE.from_pretrained(folder).eval()
-    raise SystemExit(f"{source} was made with a VAE that is not shipped; pass a cache of a shipped VAE")
+    raise SystemExit(f"{source} was made with a VAE that is not shipped; name it with --vae")
 
 
 if __name__ == "__main__":

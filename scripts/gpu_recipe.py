@@ -333,34 +333,14 @@ def tiny_vae(folder: Path) -> Path:
 
 
 def narrow_caches(args, vae: str | Path, timings: dict) -> bool:
-    """The expert stages' caches (EXPERT), each made from the video phase's cache."""
+    """The expert stages' caches (EXPERT), each made from the video phase's cache by
+    benchmarks/narrow_mix_cache.py, its narrow clips encoded by `vae` on the GPU when there is one."""
+    script = _script("benchmarks/narrow_mix_cache.py")
     for name, (narrow, *_) in EXPERT.items():
         with _stage(f"cache-{name}", timings):
-            narrow_cache(args.work / "cache-video", args.work / f"cache-{name}", Path(vae), _narrow_args(narrow, args))
+            _main_of(script, ["--source", str(args.work / "cache-video"), "--out", str(args.work / f"cache-{name}"),
+                              "--vae", str(vae), *_narrow_args(narrow, args)])
     return True
-
-
-def narrow_cache(source: Path, out: Path, vae: Path, narrow: list[str]) -> None:
-    """benchmarks/narrow_mix_cache.py --source SOURCE --out OUT NARROW..., its clips encoded on the GPU by
-    `vae` (the VAE of `source`): the script encodes with a shipped VAE on the CPU, ~0.2 s a clip."""
-    import torch
-
-    from patchflow.models.vae import VideoVAE
-    from patchflow.training.cache import _weights_digest
-
-    if json.loads((source / "meta.json").read_text())["key"]["vae"].get("weights") != _weights_digest(str(vae)):
-        raise ValueError(f"{source} was not made with {vae}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = VideoVAE.from_pretrained(vae, device)
-
-    class OnDevice:  # what the script calls: encode a batch of CPU clips (N, 3, T, H, W)
-        @staticmethod
-        def encode(video: torch.Tensor):
-            return model.encode(video.to(device))
-
-    script = _script("benchmarks/narrow_mix_cache.py")
-    script._source_vae = lambda _source: OnDevice()
-    _main_of(script, ["--source", str(source), "--out", str(out), *narrow])
 
 
 def _narrow_args(narrow: list[str], args) -> list[str]:

@@ -28,7 +28,7 @@ from patchflow.training.cache import build_cache
 from patchflow.training.config import load_config
 from patchflow.training.cache import CachedLatents, cache_key
 from patchflow.shapes.evaluate import evaluate_video
-from patchflow.evaluation.model_eval import contact_sheet
+from patchflow.data.grid import contact_sheet
 from patchflow.pipelines.pipeline import VideoPipeline
 from patchflow.training.loop import train
 

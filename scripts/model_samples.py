@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from patchflow.data.grid import video_grid
+from patchflow.data.grid import contact_sheet, video_grid
 from patchflow.data.io import write_video
 from patchflow.evaluation.model_eval import build_items
 from patchflow.pipelines.pipeline import VideoPipeline
@@ -42,9 +39,7 @@ def main() -> None:
         failed = [name for name, ok in result.checks.items() if ok is False]
         captions.append(f"{item.prompt} | {'ok' if not failed else 'failed: ' + ', '.join(failed)}")
     if args.output.suffix == ".png":
-        picks = np.linspace(0, len(videos[0]) - 1, 4).round().astype(int)
-        strips = [np.concatenate(list(video[picks]), axis=1)[None] for video in videos]  # (1, H, 4W, 3)
-        Image.fromarray(video_grid(strips, captions, cols=args.cols)[0]).save(args.output)
+        contact_sheet(list(videos), captions, args.output, per_row=args.cols)
     else:
         grid = video_grid(list(videos), captions, cols=args.cols)
         write_video(grid, args.output, fps=pipe.defaults.get("fps", 8))

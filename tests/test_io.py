@@ -89,3 +89,17 @@ def test_missing_and_bad_inputs(tmp_path):
         write_video(np.zeros((2, 8, 8, 3), np.float32), tmp_path / "x.mp4")
     with pytest.raises(ValueError, match="use one of"):
         write_video(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "x.avi")
+
+
+def test_contact_sheet_strips_and_per_row(tmp_path):
+    from PIL import Image
+
+    from patchflow.data.grid import contact_sheet
+
+    videos = [np.full((17, 8, 8, 3), 40 * i, np.uint8) for i in range(4)]
+    one = Image.open(contact_sheet(videos, ["a"] * 4, tmp_path / "one.png"))
+    two = Image.open(contact_sheet(videos, ["a"] * 4, tmp_path / "two.png", per_row=2))
+    # A strip is 4 frames of 8 px, doubled by video_grid's scale 2: 64 px wide plus 4 px gaps.
+    assert one.width == 4 + (64 + 4) and two.width == 4 + 2 * (64 + 4)
+    assert two.height < one.height  # two rows of strips instead of four
+    assert np.asarray(two)[4, 4 + 68].tolist() == [40, 40, 40]  # the 2nd video, beside the 1st

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -40,3 +41,15 @@ def video_grid(videos: list[np.ndarray], captions: list[str] | None = None, cols
             ImageDraw.Draw(label).multiline_text((2, 2), "\n".join(wrapped[i]), fill=(0, 0, 0), font=font, spacing=1)
             out[:, top + cell_h:top + cell_h + text_h, left:left + cell_w] = np.asarray(label)
     return out
+
+
+def contact_sheet(videos: list[np.ndarray], captions: list[str], path: str | Path, columns: int = 4,
+                  per_row: int = 1) -> Path:
+    """One PNG: each video a captioned strip of `columns` evenly spaced frames (first and last
+    included), `per_row` strips side by side."""
+    strips = []
+    for video in videos:
+        picks = np.linspace(0, len(video) - 1, min(columns, len(video))).round().astype(int)
+        strips.append(np.concatenate([video[i] for i in picks], axis=1)[None])  # (1, H, k*W, 3)
+    Image.fromarray(video_grid(strips, captions, cols=per_row)[0]).save(path)
+    return Path(path)

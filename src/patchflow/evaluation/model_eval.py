@@ -251,6 +251,8 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
         out["all_kept"] = float(np.mean([r.passed and k for r, k in zip(results, kept)]))
     out["seconds"] = time.perf_counter() - start
     if samples is not None:
+        from patchflow.data.grid import contact_sheet
+
         folder = Path(samples)
         folder.mkdir(parents=True, exist_ok=True)
         for name, chosen in ((row, shown), (f"{row}-failures", failed)):
@@ -288,17 +290,3 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
                  "-" if psnr is None else f"{psnr:.1f}", share("kept"), share("all_kept"), f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def contact_sheet(videos: list[np.ndarray], captions: list[str], path: Path, columns: int = 4) -> Path:
-    """One PNG: per video a captioned row of `columns` evenly spaced frames (first and last included)."""
-    from PIL import Image
-
-    from patchflow.data.grid import video_grid
-
-    strips = []
-    for video in videos:
-        picks = np.linspace(0, len(video) - 1, min(columns, len(video))).round().astype(int)
-        strips.append(np.concatenate([video[i] for i in picks], axis=1)[None])  # (1, H, k*W, 3)
-    Image.fromarray(video_grid(strips, captions, cols=1)[0]).save(path)
-    return path

@@ -290,6 +290,7 @@ class DiTStage(Stage):
 
     def write_samples(self, directory: Path, model_state: dict | None, config: Config) -> None:
         """Videos of the config's sample prompts (mp4 each) and one contact sheet (png)."""
+        from patchflow.data.grid import contact_sheet
         from patchflow.data.io import write_video
 
         state = model_state or {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -302,7 +303,7 @@ class DiTStage(Stage):
         directory.mkdir(parents=True, exist_ok=True)
         for i, video in enumerate(videos):
             write_video(video, directory / f"sample_{i}.mp4")
-        _contact_sheet(list(videos), prompts, directory / "contact_sheet.png")
+        contact_sheet(list(videos), prompts, directory / "contact_sheet.png")
 
 
 LATENT_STATS_CLIPS = 64  # training clips whose latents set the saved VAE's per-channel mean and std
@@ -402,6 +403,7 @@ class VAEStage(Stage):
         """Reconstructions of fixed Shapes World clips: input above, output below."""
         from patchflow.data.datasets import ShapesDataset
         from patchflow.data.video_processing import to_user_video
+        from patchflow.data.grid import contact_sheet
         from patchflow.data.io import write_video
 
         vae = VideoVAE(self.model.config).to(self.device).eval()
@@ -415,23 +417,8 @@ class VAEStage(Stage):
         directory.mkdir(parents=True, exist_ok=True)
         for i, video in enumerate(pairs):
             write_video(video, directory / f"recon_{i}.mp4")
-        _contact_sheet(pairs, [f"clip {i}: input / reconstruction" for i in range(4)],
-                       directory / "contact_sheet.png")
-
-
-def _contact_sheet(videos: list, captions: list[str], path: Path, columns: int = 4) -> None:
-    """One PNG: rows of up to 4 evenly spaced frames per video, each row captioned."""
-    import numpy as np
-    from PIL import Image
-
-    from patchflow.data.grid import video_grid
-
-    strips = []
-    for video in videos:
-        picks = np.linspace(0, len(video) - 1, min(columns, len(video))).round().astype(int)
-        strips.append(np.concatenate([video[i] for i in picks], axis=1)[None])  # (1, H, k*W, 3)
-    sheet = video_grid(strips, captions, cols=1)[0]
-    Image.fromarray(sheet).save(path)
+        contact_sheet(pairs, [f"clip {i}: input / reconstruction" for i in range(4)],
+                      directory / "contact_sheet.png")
 
 
 # The stages `patchflow train STAGE` knows, by name (as DiT's DiT_models names its configs).

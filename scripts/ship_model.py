@@ -1,7 +1,7 @@
 """Assemble the shipped Shapes World model from the recipe's runs (docs/training.md).
 
     python scripts/ship_model.py runs/shapes-world [runs/shapes-vae-decoder] \
-        -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4 --shift 3] \
+        -o src/patchflow/pretrained/shapes-world [--steps 20 --guidance 4 --shift 3 --guidance-interval 0.3 1] \
         [--noisy-expert runs/noisy-expert --boundary 0.95]
 
 Takes the DiT run's pipeline (its transformer, text encoder, flow settings, VAE), swaps in the VAE of
@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="default num_inference_steps")
     parser.add_argument("--guidance", type=float, help="default guidance_scale")
     parser.add_argument("--shift", type=float, help="default sampler time shift (benchmarks/bench_sampler.py --shifts)")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="default guidance interval (benchmarks/guidance_probe.py --cfg-interval)")
     parser.add_argument("--noisy-expert", type=Path, help="DiT run that takes the sampler steps at t >= --boundary")
     parser.add_argument("--boundary", type=float, default=0.95, help="the noisy-end expert's boundary (default 0.95)")
     args = parser.parse_args()
@@ -54,6 +56,8 @@ def main() -> None:
         pipe.defaults["guidance_scale"] = args.guidance
     if args.shift is not None:
         pipe.defaults["shift"] = args.shift
+    if args.guidance_interval is not None:
+        pipe.defaults["guidance_interval"] = tuple(args.guidance_interval)
     card = args.output / "README.md"  # the model card is written by hand: kept across a re-ship
     kept = card.read_text() if card.is_file() else None
     if args.output.exists():

@@ -278,6 +278,30 @@ def test_guidance_scale_one_equals_conditional_and_cfg_formula():
         sample(model, noise, steps=2, cond=cond, guidance_scale=2.0, progress=False)
 
 
+def test_guidance_interval_guides_only_the_steps_inside_it():
+    seen = []  # (the step's t, guided: the batch doubled for cond + uncond)
+
+    def model(x, t, c):
+        seen.append((round(float(t[0]), 4), x.shape[0] == 2 * noise.shape[0]))
+        return x * 0 + c[:, None]
+    cond, uncond, noise = torch.ones(2), torch.zeros(2), torch.randn(2, 4)
+    out = sample(model, noise, steps=4, cond=cond, uncond=uncond, guidance_scale=3.0,  # t: 1, .75, .5, .25
+                 guidance_interval=(0.5, 1.0), progress=False)
+    assert seen == [(1.0, True), (0.75, True), (0.5, True), (0.25, False)]
+    # guided steps move x by dt * 3 (v_u + 3 (v_c - v_u) = 3), the unguided last step by dt * 1
+    assert torch.allclose(out, noise - 0.25 * (3 + 3 + 3 + 1))
+    whole = sample(model, noise, steps=4, cond=cond, uncond=uncond, guidance_scale=3.0, progress=False)
+    assert torch.allclose(whole, noise - 3.0)
+    seen.clear()
+    none = sample(model, noise, steps=4, cond=cond, uncond=uncond, guidance_scale=3.0,
+                  guidance_interval=(0.0, 0.0), progress=False)  # no step starts at t = 0: never guided
+    assert not any(g for _, g in seen) and torch.allclose(none, noise - 1.0)
+    for bad in [(0.6, 0.4), (-0.1, 1.0), (0.0, 1.5), (0.5,), "ab"]:
+        with pytest.raises(ValueError, match="guidance_interval"):
+            sample(model, noise, steps=2, cond=cond, uncond=uncond, guidance_scale=2.0,
+                   guidance_interval=bad, progress=False)
+
+
 def test_seeds_give_identical_outputs_and_callback_progress():
     def model(x, t, c):
         return torch.sin(3 * x) + expand_t(t, x)

@@ -59,7 +59,8 @@ def test_generate_rounds_frames_and_takes_tasks(model, tmp_path, capsys):
                        "--frames", 13))
     run_generate(_args("x", "-o", tmp_path / "loop.gif", "--model", model, "--loop", "--guidance", 1,
                        "--sampler", "heun", "--no-expand"))
-    run_generate(_args("x", "-o", tmp_path / "edit.gif", "--model", model, "--video", clip, "--strength", 0.5))
+    run_generate(_args("x", "-o", tmp_path / "edit.gif", "--model", model, "--video", clip, "--strength", 0.5,
+                       "--guidance-interval", 0.3, 1))
     assert read_video(tmp_path / "ext.gif")[0].shape[0] == 13 and read_video(tmp_path / "edit.gif")[0].shape[0] == 5
 
 

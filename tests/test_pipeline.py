@@ -236,6 +236,27 @@ def test_noisy_expert_takes_the_steps_above_its_boundary_and_is_saved(tmp_path):
     with pytest.raises(ValueError, match="noisy_boundary"):
         base.with_noisy_expert(expert, boundary=1.0)
 
+def test_guidance_interval_default_is_saved_and_leaves_the_last_steps_unguided(tmp_path):
+    pipe = _build()
+    rows = []  # the rows of each transformer call: doubled under guidance (cond + uncond)
+    hook = pipe.transformer.register_forward_hook(lambda m, args, out: rows.append((float(args[1].max()), len(args[0]))))
+    whole = pipe("a red circle", seed=0, num_inference_steps=4, progress=False)
+    assert len({r for _, r in rows}) == 1  # every step guided (the default interval is [0, 1])
+    guided_rows = rows[0][1]
+    pipe.defaults["guidance_interval"] = (0.5, 1.0)
+    pipe.save_pretrained(tmp_path / "m")
+    hook.remove()
+    loaded = VideoPipeline.from_pretrained(tmp_path / "m")
+    assert list(loaded.defaults["guidance_interval"]) == [0.5, 1.0]
+    rows.clear()
+    loaded.transformer.register_forward_hook(lambda m, args, out: rows.append((float(args[1].max()), len(args[0]))))
+    part = loaded("a red circle", seed=0, num_inference_steps=4, progress=False)
+    assert [(t, r == guided_rows) for t, r in rows] == [(1.0, True), (0.75, True), (0.5, True), (0.25, False)]
+    assert not np.array_equal(whole, part)
+    assert np.array_equal(whole, loaded("a red circle", seed=0, num_inference_steps=4, progress=False,
+                                        guidance_interval=(0, 1)))
+
+
 def test_trained_text_encoder_is_saved_with_the_model(tmp_path):
     pipe = _build()
     pipe.transformer.train()  # a training loop's live modules: eval while sampling, then their mode back
@@ -286,6 +307,8 @@ BAD = [
     (dict(prompt=[]), TypeError, "non-empty list"),
     (dict(num_inference_steps=0), ValueError, "num_inference_steps must be a positive int"),
     (dict(guidance_scale=-1), ValueError, "guidance_scale"),
+    (dict(guidance_interval=(0.5, 0.2)), ValueError, "0 <= lo <= hi <= 1, got \\(0.5, 0.2\\)"),
+    (dict(guidance_interval=0.3), ValueError, "two noise levels \\(lo, hi\\), got 0.3"),
     (dict(sampler="rk4"), ValueError, "sampler must be one of"),
     (dict(output_type="gif"), ValueError, "output_type"),
     (dict(strength=0.5), ValueError, "strength= needs video="),

@@ -25,12 +25,13 @@ def test_ship_model_writes_an_fp16_shapes_pipeline(tmp_path):
     (out / "README.md").write_text("# the model card\n")  # a re-ship replaces the weights, not the card
     (out / "stale.bin").write_text("old")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(run), "-o", str(out),
-                    "--steps", "12", "--guidance", "3.5", "--shift", "3"], check=True, capture_output=True, text=True)
+                    "--steps", "12", "--guidance", "3.5", "--shift", "3", "--guidance-interval", "0.3", "1"], check=True, capture_output=True, text=True)
     assert (out / "README.md").read_text() == "# the model card\n" and not (out / "stale.bin").exists()
     pipe = VideoPipeline.from_pretrained(out)
     assert pipe.world == "shapes"
     defaults = pipe.defaults
     assert (defaults["num_inference_steps"], defaults["guidance_scale"], defaults["shift"]) == (12, 3.5, 3)
+    assert list(defaults["guidance_interval"]) == [0.3, 1.0]
     kwargs = dict(num_frames=5, height=32, width=32, seed=0, progress=False)
     by_default = pipe("a red circle moving left", **kwargs)  # the saved default shift is the one used
     assert np.array_equal(by_default, pipe("a red circle moving left", shift=3.0, **kwargs))

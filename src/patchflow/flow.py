@@ -348,18 +348,33 @@ def guided_velocity(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: A
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
 
+def check_guidance_interval(interval: Any) -> tuple[float, float]:
+    """(lo, hi) with 0 <= lo <= hi <= 1, as floats; a ValueError naming the value otherwise."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be two noise levels (lo, hi), got {interval!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval must have 0 <= lo <= hi <= 1, got {interval!r}")
+    return lo, hi
+
+
 @torch.no_grad()
 def sample(model_fn: ModelFn, noise: torch.Tensor, steps: int = 30, method: str = "euler", shift: float = 1.0,
            guidance_scale: float = 1.0, cond: Any = None, uncond: Any = None, x_init: torch.Tensor | None = None,
            t_start: float = 1.0, x_cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
            batched_cfg: bool = True, progress: bool = True,
-           callback: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
+           callback: Callable[[int, float, torch.Tensor], None] | None = None,
+           guidance_interval: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Integrate dx/dt = v from t = t_start to t = 0 and return x at t = 0 (same shape as noise).
 
     noise [N, ...]: the start (make it with `make_noise(shape, seed)` for reproducible output).
     method: "euler" (steps evaluations) or "heun" (2nd order, 2*steps - 1 evaluations: the last
         step to t = 0 is plain Euler, as in EDM / diffusers, since v at t = 0 is not needed).
     guidance_scale, cond, uncond: classifier-free guidance (uncond = empty or negative prompt).
+    guidance_interval (lo, hi): guide only the steps that start at a t in [lo, hi]; the others run
+        the conditional pass alone (Kynkaanniemi et al. 2024, "Applying guidance in a limited
+        interval": guidance near the clean end adds little but can oversaturate and distort).
     x_init, t_start: SDEdit — start from (1 - t_start) x_init + t_start noise, t_start = strength.
     x_cond [N, ...], cond_mask (bool, a prefix of x's shape): tokens where cond_mask is True are
         clean conditioning (given frames); they are set to x_cond before every model call and
@@ -371,6 +386,7 @@ def sample(model_fn: ModelFn, noise: torch.Tensor, steps: int = 30, method: str 
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     if guidance_scale != 1.0 and uncond is None:
         raise ValueError(f"guidance_scale {guidance_scale} needs an uncond (empty or negative prompt) conditioning")
+    lo, hi = check_guidance_interval(guidance_interval)
     if (x_cond is None) != (cond_mask is None):
         raise ValueError("x_cond and cond_mask must be given together")
     if x_cond is not None and x_cond.shape != noise.shape:
@@ -392,7 +408,8 @@ def sample(model_fn: ModelFn, noise: torch.Tensor, steps: int = 30, method: str 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         # t stays float32 even for half-precision x: bf16 cannot tell t = 0.996 from 1.0
         t_in = torch.full((x.shape[0],), t, device=x.device) if cond_mask is None else free * t
-        return guided_velocity(model_fn, x, t_in, cond, uncond, guidance_scale, batched_cfg)
+        scale = guidance_scale if lo <= t <= hi else 1.0
+        return guided_velocity(model_fn, x, t_in, cond, uncond, scale, batched_cfg)
 
     x = impose(x)
     for i in tqdm(range(steps), disable=not progress, desc=f"sampling ({method})", leave=False):

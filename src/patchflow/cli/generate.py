@@ -34,6 +34,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     task.add_argument("--width", type=int, help="pixels, a multiple of the VAE factor x patch")
     task.add_argument("--steps", type=int, help="sampler steps")
     task.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    task.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                      help="guide only the steps that start at a noise level t in [LO, HI] "
+                           "(1 = pure noise; the shipped model: 0.3 1, its last steps unguided)")
     task.add_argument("--negative-prompt", help="what to steer away from (the uncond branch of guidance)")
     task.add_argument("--seed", type=int, default=0, help="noise seed; prompt i of a batch uses seed + i (default 0)")
     task.add_argument("--sampler", choices=("euler", "heun"))
@@ -113,7 +116,8 @@ def run_generate(args: argparse.Namespace) -> int:
     pipe = VideoPipeline.from_pretrained(args.model, device=device)
     loaded = time.perf_counter()
     kwargs = dict(num_frames=args.frames, height=args.height, width=args.width, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, negative_prompt=args.negative_prompt, image=args.image,
+                  guidance_scale=args.guidance, guidance_interval=args.guidance_interval,
+                  negative_prompt=args.negative_prompt, image=args.image,
                   image_frame=args.image_frame, video=args.video, extend=args.extend, end_video=args.end_video,
                   loop=args.loop, strength=args.strength, sampler=args.sampler, expand_prompt=not args.no_expand)
     # Every batch is checked (and its media read) before the first is generated: a bad argument fails fast.

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from patchflow.flow import check_guidance_interval
 from patchflow.data.video_processing import fit_frames, load_image, load_video
 from patchflow.shapes import get_world
 from patchflow.pipelines.tasks import (context_frames, covered_pixels, latent_frame_mask, loop_plan, place_conditions,
@@ -43,6 +44,7 @@ class Request:
     width: int
     steps: int
     guidance: float
+    guidance_interval: tuple[float, float]  # guide only the steps starting at a t in [lo, hi]
     sampler: str
     shift: float | None                # None = flow.shift_for_tokens of each window
     canvas: np.ndarray                 # the given frames in place (zeros elsewhere)
@@ -150,8 +152,9 @@ def check_text(*, prompt: Any, negative_prompt: Any = None) -> tuple[list[str], 
 
 def check_sampler(*, defaults: dict, num_inference_steps: Any = None, guidance_scale: Any = None,
                   sampler: Any = None, shift: Any = None, output_type: Any = "np",
-                  callback_on_step_end: Any = None) -> tuple[int, float, str, float | None]:
-    """(steps, guidance, sampler, shift), with the model's `defaults` for the ones not given."""
+                  callback_on_step_end: Any = None, guidance_interval: Any = None
+                  ) -> tuple[int, float, tuple[float, float], str, float | None]:
+    """(steps, guidance, guidance_interval, sampler, shift), with the model's `defaults` for the ones not given."""
     steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError("num_inference_steps", f"num_inference_steps must be a positive int, got {steps!r}")
@@ -162,6 +165,9 @@ def check_sampler(*, defaults: dict, num_inference_steps: Any = None, guidance_s
     if not math.isfinite(guidance) or guidance < 0:
         raise InputError("guidance_scale", f"guidance_scale must be a finite number >= 0 (1 = no guidance), "
                                            f"got {guidance_scale!r}")
+    with _about("guidance_interval"):
+        interval = check_guidance_interval(defaults.get("guidance_interval", (0.0, 1.0))
+                                           if guidance_interval is None else guidance_interval)
     sampler = defaults["sampler"] if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -173,7 +179,7 @@ def check_sampler(*, defaults: dict, num_inference_steps: Any = None, guidance_s
     if callback_on_step_end is not None and not callable(callback_on_step_end):
         raise InputTypeError("callback_on_step_end", f"callback_on_step_end must be callable(step, t, latents), "
                                                      f"got {type(callback_on_step_end).__name__}")
-    return steps, guidance, sampler, shift
+    return steps, guidance, interval, sampler, shift
 
 
 def check_task(*, image: Any = None, image_frame: Any = 0, video: Any = None, extend: Any = None,
@@ -298,7 +304,7 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
                   guidance_scale=None, negative_prompt=None, seed=None, generator=None, image=None,
                   image_frame=0, video=None, extend=None, end_video=None, loop=False, strength=None,
                   sampler=None, shift=None, expand_prompt=True, output_type="np", callback_on_step_end=None,
-                  progress=True, round_frames=False) -> Request:
+                  progress=True, round_frames=False, guidance_interval=None) -> Request:
     """Check every argument of `VideoPipeline.__call__` (documented there) and load its inputs.
 
     round_frames: take an int num_frames the model cannot take as the nearest one it can, saying so
@@ -310,9 +316,10 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
         num_frames = _rounded_frames(pipe, num_frames, notes)
     prompts, negative = check_text(prompt=prompt, negative_prompt=negative_prompt)
     batch = len(prompts)
-    steps, guidance, sampler, shift = check_sampler(defaults=d, num_inference_steps=num_inference_steps,
-                                                    guidance_scale=guidance_scale, sampler=sampler, shift=shift,
-                                                    output_type=output_type, callback_on_step_end=callback_on_step_end)
+    steps, guidance, interval, sampler, shift = check_sampler(
+        defaults=d, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, sampler=sampler,
+        shift=shift, output_type=output_type, callback_on_step_end=callback_on_step_end,
+        guidance_interval=guidance_interval)
     task = check_task(image=image, image_frame=image_frame, video=video, extend=extend, end_video=end_video,
                       loop=loop, strength=strength)
 
@@ -359,7 +366,8 @@ def check_request(pipe, *, prompt, num_frames=None, height=None, width=None, num
     overlap = context_frames(window, ft, direction) if num_frames > window else 0
     windows = plan_windows(num_frames, window, overlap, direction)
     return Request(prompts=prompts, unknown_words=unknown, negative=negative, num_frames=num_frames,
-                   height=height, width=width, steps=steps, guidance=guidance, sampler=sampler, shift=shift,
+                   height=height, width=width, steps=steps, guidance=guidance, guidance_interval=interval,
+                   sampler=sampler, shift=shift,
                    canvas=canvas, given=given, source=source, strength=1.0 if strength is None else float(strength),
                    direction=direction, loop=loop_spec, window=window,
                    windows=windows, generators=gens, output_type=output_type, single=isinstance(prompt, str),

@@ -61,6 +61,7 @@ DEFAULTS = {
     "width": 64,
     "num_inference_steps": 30,
     "guidance_scale": 4.0,       # classifier-free guidance; 1.0 = off (one model pass per step)
+    "guidance_interval": (0.0, 1.0),  # guide only the steps starting at a noise level t in [lo, hi]
     "sampler": "euler",          # "euler" | "heun"
     "shift": None,               # the sampler's time shift; None = from the token count (flow.shift_for_tokens)
     "fps": 8,                    # the frame rate the model was trained at (for writing files)
@@ -297,7 +298,8 @@ class VideoPipeline:
                  image: Any = None, image_frame: int = 0, video: Any = None, extend: str | None = None,
                  end_video: Any = None, loop: bool = False, strength: float | None = None,
                  sampler: str | None = None, shift: float | None = None, expand_prompt: bool = True,
-                 output_type: str = "np", callback_on_step_end: Callable | None = None, progress: bool = True):
+                 output_type: str = "np", callback_on_step_end: Callable | None = None, progress: bool = True,
+                 guidance_interval: tuple[float, float] | None = None):
         """Generate one video per prompt. Unset sizes, steps, guidance and sampler come from `self.defaults`.
 
         Tasks (one model; given frames are clean latent tokens, the rest is generated):
@@ -331,7 +333,9 @@ class VideoPipeline:
         seed: int (prompt b uses seed + b, so a batch equals its prompts run one by one with those
             seeds) or one per prompt; generator: a torch.Generator shared by the batch or one per prompt;
             neither = a random seed. shift: the sampler's time shift (default: defaults["shift"], else from
-            the token count).
+            the token count). guidance_interval (lo, hi): guide only the steps that start at a noise level
+            t in [lo, hi] (default: defaults["guidance_interval"]); the shipped Shapes World model leaves
+            its last steps (t < 0.3) unguided.
         callback_on_step_end(step, t, latents [B, C, T', H', W']) after every sampler step.
         output_type: "np" uint8 [T, H, W, 3] (a list prompt: [B, T, H, W, 3]); "pt" float [(B,) 3, T, H, W]
             in [-1, 1]; "pil" a list of PIL frames (per prompt for a list).
@@ -342,7 +346,7 @@ class VideoPipeline:
                                 image_frame=image_frame, video=video, extend=extend, end_video=end_video, loop=loop,
                                 strength=strength, sampler=sampler, shift=shift, expand_prompt=expand_prompt,
                                 output_type=output_type, callback_on_step_end=callback_on_step_end,
-                                progress=progress)
+                                progress=progress, guidance_interval=guidance_interval)
         notes = [f"{p!r}: {unknown_words_note(words, self.world)}"
                  for p, words in zip([prompt] if req.single else prompt, req.unknown_words) if words]
         if notes:
@@ -434,7 +438,8 @@ class VideoPipeline:
         with self._running(self.transformer, self.noisy_expert):
             x = flow_sample(self._model_fn(packed, batch), noise_tokens, req.steps, req.sampler, shift,
                             req.guidance, text, uncond, x_init=init_tokens, t_start=req.strength,
-                            x_cond=packed.tokens, cond_mask=keep, progress=req.progress, callback=callback)
+                            x_cond=packed.tokens, cond_mask=keep, progress=req.progress, callback=callback,
+                            guidance_interval=req.guidance_interval)
         return self.decode_latents(torch.stack(packed.unpack(x)))  # (B, Tw, H, W, 3)
 
     @staticmethod

@@ -10,7 +10,8 @@ sampler, replacing only how the velocity of each step is combined:
     v = v_c + (g - 1) (v_c - v_u) + (w - 1) (v_c - v_b)
 
 v_c, v_u: the pipeline's model under the prompt and the empty caption (classifier-free guidance,
-g = `--guidance`, applied only for t in `--cfg-interval`, else g = 1); v_b: a worse version of the
+g = `--guidance`, applied only for t in `--cfg-interval`, else g = `--cfg-outside`, default 1;
+the pipeline's own `guidance_interval` applies first: probe on a pipeline whose interval is [0, 1]); v_b: a worse version of the
 model (the EMA weights of `--bad`'s checkpoint at `--bad-step`) under the same prompt, w = `--ag`,
 applied only for t in `--ag-interval` (autoguidance, Karras et al. 2024, "Guiding a diffusion model
 with a bad version of itself": the bad model's errors are the good one's, larger, so extrapolating
@@ -27,7 +28,7 @@ guided steps
     v = v_u + g [A (v_c - v_u) + B sum_i (v_i - v_u)]      (A = `--full-weight`, default 1)
 
 so each object is pushed for on its own. One-object prompts have one component (their own caption).
-Prints one JSON line per seed and the mean.
+Prints one JSON line per seed (with the one-object prompts passed per size and shape) and the mean.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import patchflow.evaluation.model_eval as model_eval
 import patchflow.flow as flow
 from patchflow.evaluation.model_eval import evaluate_row
 from patchflow.models.dit import DiT
@@ -88,7 +90,7 @@ def install(pipe: VideoPipeline, args, bad: DiT | None, bad_expert: DiT | None) 
         return interval[0] <= level <= interval[1]
 
     def rule(model_fn, x, t, cond, uncond=None, guidance_scale=1.0, batched=True):
-        g = guidance_scale if inside(t, args.cfg_interval) else 1.0
+        g = guidance_scale if inside(t, args.cfg_interval) else args.cfg_outside
         if g != 1.0:
             v_c, v_u = model_fn(torch.cat([x, x]), torch.cat([t, t]), flow._cat_cond(cond, uncond)).chunk(2)
             v = v_c + (g - 1.0) * (v_c - v_u)
@@ -110,6 +112,22 @@ def install(pipe: VideoPipeline, args, bad: DiT | None, bad_expert: DiT | None) 
     flow.guided_velocity = rule
 
 
+def judged_by_shape() -> dict[str, list[bool]]:
+    """Record each one-object verdict under its object's size and shape ("small triangle": [passed, ...])."""
+    verdicts: dict[str, list[bool]] = {}
+    judge = model_eval.evaluate_video
+
+    def recording(video, target):
+        result = judge(video, target)
+        if len(target.objects) == 1:
+            o = target.objects[0]
+            verdicts.setdefault(f"{o.size} {o.shape}", []).append(result.passed)
+        return result
+
+    model_eval.evaluate_video = recording
+    return verdicts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", type=Path, help="pipeline folder (e.g. src/patchflow/pretrained/shapes-world)")
@@ -117,6 +135,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100, help="held-out prompts a seed (default 100)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance g (default: the pipeline's)")
     parser.add_argument("--cfg-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"))
+    parser.add_argument("--cfg-outside", type=float, default=1.0, help="the guidance outside --cfg-interval (default 1: none)")
     parser.add_argument("--bad", type=Path, help="DiT run whose checkpoint is the bad model")
     parser.add_argument("--bad-step", type=int, help="the bad model's checkpoint step (default: its final weights)")
     parser.add_argument("--bad-expert", type=Path, help="a run for the bad pass in the expert's range")
@@ -139,12 +158,15 @@ def main() -> None:
     setting = {k: v for k, v in vars(args).items() if k not in ("pipeline", "seeds", "out", "count")}
     setting = {k: (str(v) if isinstance(v, Path) else v) for k, v in setting.items()}
     rows = []
+    verdicts = judged_by_shape()
     for seed in args.seeds:
+        verdicts.clear()
         start = time.perf_counter()
         r = evaluate_row(pipe, args.row, count=args.count, seed=seed, steps=args.steps, guidance=guidance,
                          progress=False)
         line = {"seed": seed, **{k: round(100 * r[k], 1) for k in SHOWN if k in r},
-                "seconds": round(time.perf_counter() - start, 1), **setting}
+                "seconds": round(time.perf_counter() - start, 1),
+                "by_shape": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(verdicts.items())}, **setting}
         rows.append(line)
         print(json.dumps(line), flush=True)
         if args.out is not None:

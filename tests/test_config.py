@@ -54,6 +54,10 @@ def test_model_sections_keep_their_tables():
     (["text.model=\"tiny\""], ValueError, "unknown TextSection keys \\['model'\\]; valid keys: \\['encoder'\\]"),
     (["train.steps"], ValueError, "expected section.key=value"),
     (["data.attribute_dropout=1.5"], ValueError, r"data.attribute_dropout must be in \[0, 1\], got 1.5"),
+    (["data.focus=\"tiny circle\"", "data.focus_share=0.5"], ValueError, "data.focus must be a size and/or a shape"),
+    (["data.focus_share=0.5"], ValueError, "data.focus_share must be in \\[0, 1\\] \\(and > 0 only with a focus\\)"),
+    (["data.focus=\"triangle\"", "data.focus_share=0.5", "data.dataset=\"folder\""], ValueError,
+     "data.focus_share needs data.dataset = \"shapes\""),
     (["data.attribute_dropout=0.2", "data.dataset=\"folder\""], ValueError,
      "data.attribute_dropout needs Shapes World captions .* got data.dataset = 'folder'"),
 ])

@@ -118,6 +118,29 @@ def test_dataset_any_size_and_deterministic():
         ShapesDataset(split="test")
 
 
+def test_dataset_focus_draws_more_of_one_size_and_shape():
+    def small_triangle(item):
+        objects = item["record"]["objects"]
+        return len(objects) == 1 and (objects[0]["size"], objects[0]["shape"]) == ("small", "triangle")
+
+    plain = ShapesDataset(400, seed=2)
+    focused = ShapesDataset(400, seed=2, focus="small triangle", focus_share=0.5)
+    share = np.mean([small_triangle(focused[i]) for i in range(400)])
+    assert np.mean([small_triangle(plain[i]) for i in range(400)]) < 0.15 and 0.45 < share < 0.65
+    assert all(small_triangle(it) for it in (ShapesDataset(20, focus="small triangle", focus_share=1.0)[i]
+                                            for i in range(20)))
+    assert all(it["record"]["objects"][0]["shape"] == "triangle"
+               for it in (ShapesDataset(20, focus="triangle", focus_share=1.0)[i] for i in range(20)))
+    # no focus share: the same clips as without the option (caches and runs keep their data)
+    unfocused = ShapesDataset(400, seed=2, focus="triangle", focus_share=0.0)
+    assert all(torch.equal(plain[i]["video"], unfocused[i]["video"]) for i in range(10))
+    assert torch.equal(focused[7]["video"], ShapesDataset(400, seed=2, focus="small triangle", focus_share=0.5)[7]["video"])
+    for focus, share, message in [("big triangle", 0.5, "size and/or a shape"), ("", 0.5, "only with a focus"),
+                                  ("triangle", 1.5, "in \\[0, 1\\]")]:
+        with pytest.raises(ValueError, match=message):
+            ShapesDataset(10, focus=focus, focus_share=share)
+
+
 def test_translation_captions_are_training_triples_the_world_reads():
     # The narrow clips that teach direction must never show a held-out colour/shape/motion triple: a leak
     # of three such triples inflated the held-out row of every expert trained on the first version.

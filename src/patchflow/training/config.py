@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from patchflow.data.datasets import check_focus
 from patchflow.data.io import RESIZE_MODES
 from patchflow.shapes.world import SPLITS
 from patchflow.models.dit import DIT_PRESETS, DiTConfig, dit_config
@@ -167,6 +168,8 @@ class DataConfig:
     caption_styles: dict = field(default_factory=lambda: dict(DEFAULT_CAPTION_WEIGHTS))  # style -> weight
     caption_dropout: float = 0.1     # share of empty captions: what classifier-free guidance needs
     attribute_dropout: float = 0.0   # Shapes World: share of captions with one attribute left out (compositional)
+    focus: str = ""                  # Shapes World: a size and/or shape ("small triangle") drawn more often ...
+    focus_share: float = 0.0         # ... as this share of the clips (one-object scenes of it)
     length: int = 10_000_000         # virtual length of generated datasets (Shapes World, footage)
     workers: int = 0                 # DataLoader worker processes (0 = in the training process)
     cache: str = ""                  # folder of precomputed latents/text states (`patchflow cache`)
@@ -177,6 +180,12 @@ class DataConfig:
         _choice("data.resize", self.resize, RESIZE_MODES)
         if not 0.0 <= self.attribute_dropout <= 1.0:
             raise ValueError(f"data.attribute_dropout must be in [0, 1], got {self.attribute_dropout}")
+        if self.focus_share and self.dataset != "shapes":
+            raise ValueError(f"data.focus_share needs data.dataset = \"shapes\", got {self.dataset!r}")
+        try:
+            check_focus(self.focus, self.focus_share)
+        except ValueError as e:
+            raise ValueError(f"data.{e}") from None
         if self.attribute_dropout and "shapes" not in self.dataset:
             raise ValueError(f"data.attribute_dropout needs Shapes World captions (data.dataset = \"shapes\" or "
                              f"\"footage+shapes\"), got data.dataset = {self.dataset!r}")

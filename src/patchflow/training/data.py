@@ -30,7 +30,7 @@ def build_dataset(d: DataConfig, seed: int) -> Dataset:
     if d.dataset == "shapes":
         if d.split == "heldout":
             raise ValueError("data.split='heldout' would train on the held-out combinations; use 'train'")
-        return ShapesDataset(d.length, sizes, d.frames, d.split, seed)
+        return ShapesDataset(d.length, sizes, d.frames, d.split, seed, d.focus, d.focus_share)
     if d.dataset == "folder":
         from patchflow.data.videos import FolderDataset
 

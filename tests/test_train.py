@@ -240,6 +240,16 @@ def test_cache_follows_the_vae_weights_not_its_statistics(tmp_path):
         CachedLatents(tmp_path / "cache", cache_key(config))
 
 
+def test_cache_key_names_a_data_focus_only_when_it_changes_the_clips():
+    from patchflow.training.cache import cache_key
+
+    plain = cache_key(load_config(TINY, FAST))
+    assert "focus" not in plain["data"] and "focus_share" not in plain["data"]  # caches made before stay valid
+    assert cache_key(load_config(TINY, [*FAST, 'data.focus="triangle"'])) == plain  # a focus with no share: no change
+    focused = cache_key(load_config(TINY, [*FAST, 'data.focus="triangle"', "data.focus_share=0.5"]))
+    assert focused != plain and focused["data"]["focus"] == "triangle"
+
+
 def test_vae_stage_saves_latent_statistics_and_can_freeze_the_encoder(tmp_path):
     from patchflow.models.vae import VideoVAE
 

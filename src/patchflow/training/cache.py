@@ -56,6 +56,8 @@ def cache_key(config: Config) -> dict:
     data = {k: v for k, v in config.to_dict()["data"].items() if k not in ("cache", "workers", "caption_dropout",
                                                                             "attribute_dropout", "caption_styles",
                                                                             "length")}
+    if not data.get("focus_share"):  # no focus: the same clips as before the option existed (old caches stay valid)
+        data = {k: v for k, v in data.items() if k not in ("focus", "focus_share")}
     vae = config.vae.table()
     if config.vae.path:  # the weights name the VAE; how its path is spelled (relative, absolute) does not
         vae = {**{k: v for k, v in vae.items() if k != "path"}, "weights": _weights_digest(config.vae.path)}

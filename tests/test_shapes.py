@@ -136,6 +136,7 @@ def test_dataset_focus_draws_more_of_one_size_and_shape():
     assert all(torch.equal(plain[i]["video"], unfocused[i]["video"]) for i in range(10))
     assert torch.equal(focused[7]["video"], ShapesDataset(400, seed=2, focus="small triangle", focus_share=0.5)[7]["video"])
     for focus, share, message in [("big triangle", 0.5, "size and/or a shape"), ("", 0.5, "only with a focus"),
+                                  ("small large", 0.5, "size and/or a shape"), ("circle triangle", 0.5, "size and/or"),
                                   ("triangle", 1.5, "in \\[0, 1\\]")]:
         with pytest.raises(ValueError, match=message):
             ShapesDataset(10, focus=focus, focus_share=share)

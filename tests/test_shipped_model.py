@@ -14,7 +14,8 @@ import torch
 
 from patchflow.evaluation.model_eval import evaluate_row
 from patchflow.paths import default_model_dir
-from patchflow.pipelines.pipeline import MODEL_INDEX, VideoPipeline
+from patchflow.pipelines.folder import MODEL_INDEX
+from patchflow.pipelines.pipeline import VideoPipeline
 
 # `$PATCHFLOW_MODEL` may point elsewhere; without a model there, there is nothing to test.
 pytestmark = pytest.mark.skipif(not (default_model_dir() / MODEL_INDEX).is_file(),

@@ -11,13 +11,7 @@ flow sampler re-imposes at every step; the rest starts as noise. A batch of prom
 one token batch (NaViT rows) and denoised in one pass. Videos longer than the trained clip length
 are made window by window, each window conditioned on the frames of the one before (tasks.py).
 
-Folder format (written by `save_pretrained` and the training loop):
-    DIR/model_index.json  {"transformer": "transformer", "vae": "vae", "text_encoder": "minilm" | "tiny" |
-                           "text_encoder", "flow": {FlowConfig}, "defaults": {num_frames, height, width,
-                           num_inference_steps, guidance_scale, sampler, fps}, "world": "shapes" | null}
-    DIR/transformer/, DIR/vae/ (config.json + model.safetensors), DIR/text_encoder/ (a saved encoder, if any)
-    optional: "noisy_expert": {"transformer": "noisy_expert", "boundary": b} and DIR/noisy_expert/: a second
-                           DiT that takes every sampler step at t >= b (the layout), the transformer the rest
+The folder a pipeline is saved in and loaded from (model_index.json and its parts): folder.py.
 
 A noisy-end expert (eDiff-I's expert denoisers, Wan 2.2's high-noise expert): at t ~ 1 the model
 decides the layout from the caption alone, a task the rest of the trajectory never trains well
@@ -26,11 +20,8 @@ decides the layout from the caption alone, a task the rest of the trajectory nev
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,17 +35,15 @@ from tqdm.auto import tqdm
 from patchflow.data.video_processing import to_model_video, to_user_video
 from patchflow.models.dit import DiT
 from patchflow.flow import FlowConfig, sample as flow_sample, share_noise_over_frames, shift_for_tokens
-from patchflow.paths import default_model_dir
 from patchflow.models.patches import pack
+from patchflow.pipelines.folder import read_folder, write_folder
 from patchflow.pipelines.inputs import Request, check_request
 from patchflow.pipelines.prompts import PromptWarning, unknown_words_note
 from patchflow.shapes import get_world
 from patchflow.pipelines.tasks import fill_unknown, frame_mask, latent_frame_mask
-from patchflow.models.text import TEXT_ENCODERS, TextEncoder, TinyTextEncoder, load_text_encoder
+from patchflow.models.text import TextEncoder
 from patchflow.models.vae import VideoVAE, shape_rules
-from patchflow.weights import atomic_write_bytes, config_from_dict
 
-MODEL_INDEX = "model_index.json"
 DEFAULTS = {
     "num_frames": 17,            # the trained clip length; longer videos are made window by window
     "height": 64,
@@ -120,66 +109,16 @@ class VideoPipeline:
     def _components(self) -> list[nn.Module]:
         return [m for m in (self.transformer, self.noisy_expert, self.vae, self.text_encoder) if m is not None]
 
-    # ------------------------------------------------------------ loading and saving
+    # ------------------------------------------------------------ loading and saving (folder.py)
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> VideoPipeline:
         """Load a pipeline folder (with model_index.json), a training run (its `final/`), or None = the shipped model."""
-        if path is None:
-            root = default_model_dir()
-            if not (root / MODEL_INDEX).is_file():
-                raise FileNotFoundError(f"the shipped model is missing: no {MODEL_INDEX} in {root}; pass a model "
-                                        "folder with --model DIR (VideoPipeline.from_pretrained(DIR)) or set "
-                                        "PATCHFLOW_MODEL, e.g. a run folder written by `patchflow train`")
-        folder = pipeline_folder(default_model_dir() if path is None else path)
-        index = json.loads((folder / MODEL_INDEX).read_text())
-        missing = sorted({"transformer", "vae", "text_encoder"} - set(index))
-        if missing:
-            raise ValueError(f"{folder / MODEL_INDEX} lacks {missing}")
-        transformer = DiT.from_pretrained(folder / index["transformer"])
-        vae = VideoVAE.from_pretrained(folder / index["vae"])
-        spec = index["text_encoder"]
-        text_encoder = load_text_encoder(spec if spec in TEXT_ENCODERS or not (folder / spec).exists()
-                                         else str(folder / spec))
-        flow = config_from_dict(FlowConfig, index.get("flow", {}))
-        pipe = cls(transformer.eval(), vae.eval(), text_encoder.eval(), flow, index.get("defaults"), spec,
-                   _saved_world(folder, index))
-        if "noisy_expert" in index:
-            entry = index["noisy_expert"]
-            pipe.with_noisy_expert(DiT.from_pretrained(folder / entry["transformer"]).eval(), entry["boundary"])
-        return pipe.to(device, dtype)
+        return cls(**read_folder(path)).to(device, dtype)
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write the folder format above; `dtype` (e.g. torch.bfloat16) casts the saved weights."""
-        directory = Path(directory)
-        self.transformer.save_pretrained(directory / "transformer", dtype=dtype)
-        self.vae.save_pretrained(directory / "vae", dtype=dtype)
-        spec = self._text_encoder_entry()
-        if spec == "text_encoder":  # weights the name alone does not rebuild: store them
-            target = directory / "text_encoder"
-            if hasattr(self.text_encoder, "save_pretrained"):
-                self.text_encoder.save_pretrained(target)
-            elif Path(getattr(self.text_encoder, "path", "")).resolve() != target.resolve():
-                shutil.copytree(self.text_encoder.path, target, dirs_exist_ok=True)
-        index = {"transformer": "transformer", "vae": "vae", "text_encoder": spec,
-                 "flow": dataclasses.asdict(self.flow_config), "defaults": self.defaults, "world": self.world}
-        if self.noisy_expert is not None:
-            self.noisy_expert.save_pretrained(directory / "noisy_expert", dtype=dtype)
-            index["noisy_expert"] = {"transformer": "noisy_expert", "boundary": self.noisy_boundary}
-        atomic_write_bytes(directory / MODEL_INDEX, (json.dumps(index, indent=2) + "\n").encode())
-        return directory
-
-    def _text_encoder_entry(self) -> str:
-        """"minilm" / "minilm+words" / "tiny" when the name rebuilds this encoder exactly, else "text_encoder"
-        (saved beside)."""
-        enc = self.text_encoder
-        if isinstance(enc, TinyTextEncoder):
-            fresh = TinyTextEncoder(enc.config)  # a trained tiny encoder differs from its seed's weights
-            same = all(torch.equal(a.cpu().float(), b) for a, b in zip(enc.state_dict().values(),
-                                                                      fresh.state_dict().values()))
-            return "tiny" if same and self.text_encoder_spec == "tiny" else "text_encoder"
-        spec = getattr(enc, "spec", None)
-        return spec if spec in TEXT_ENCODERS else "text_encoder"  # "tiny" was answered above
+        """Write the pipeline folder (folder.py); `dtype` (e.g. torch.bfloat16) casts the saved weights."""
+        return write_folder(self, directory, dtype)
 
     # ------------------------------------------------------------ devices and memory
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoPipeline:
@@ -448,22 +387,3 @@ class VideoPipeline:
         gen = req.generators[b] if len(req.generators) > 1 else req.generators[0]
         return torch.randn(shape, generator=gen, device=gen.device)
 
-
-def pipeline_folder(path: str | os.PathLike) -> Path:
-    """The folder holding model_index.json: `path` itself, or its final/ (a training run)."""
-    root = Path(path).expanduser()
-    folder = next((f for f in (root, root / "final") if (f / MODEL_INDEX).is_file()), None)
-    if folder is None:
-        raise FileNotFoundError(f"{root} is not a pipeline folder: no {MODEL_INDEX} in it or in {root / 'final'}")
-    return folder
-
-
-def _saved_world(folder: Path, index: dict) -> str | None:
-    """A saved model's world: the index's "world" (the training loop writes what its captions came from),
-    "shapes" (the built-in world) for folders saved before the index named it."""
-    world = index.get("world", "shapes")
-    try:
-        get_world(world)
-    except ValueError as e:
-        raise ValueError(f"{folder / MODEL_INDEX}: {e}") from None
-    return world

@@ -167,7 +167,7 @@ class DiTStage(Stage):
     def init_from(self, folder: str) -> None:
         """The transformer of a pipeline folder or run, or a run's checkpoint file (its EMA weights):
         same architecture, any data it was trained on."""
-        from patchflow.pipelines.pipeline import pipeline_folder
+        from patchflow.pipelines.folder import pipeline_folder
         from patchflow.training.checkpoint import load_checkpoint
 
         if Path(folder).expanduser().is_file():  # e.g. runs/x/checkpoints/step_00005000.pt of a run still going

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from patchflow.evaluation.metrics import psnr
-from patchflow.models.vae import (VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, check_frames, measure_latent_stats,
-                           measure_latent_whitening, nearest_valid_frames)
+from patchflow.models.sizes import check_frames, nearest_valid_frames
+from patchflow.models.vae import (VAE_PRESETS, LatentDist, VAEConfig, VideoVAE, measure_latent_stats,
+                                  measure_latent_whitening)
 from patchflow.training.vae_loss import VAELoss, VAELossConfig
 
 

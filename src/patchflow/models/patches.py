@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 from einops import rearrange
 
-from patchflow.models.vae import check_frames, check_size
+from patchflow.models.sizes import check_frames, check_size
 
 Patch = tuple[int, int, int]
 

@@ -26,7 +26,7 @@ from patchflow.data.video_processing import fit_frames, load_image, load_video
 from patchflow.shapes import get_world
 from patchflow.pipelines.tasks import (context_frames, covered_pixels, latent_frame_mask, loop_plan, place_conditions,
                              plan_windows)
-from patchflow.models.vae import frames_rule, nearest_valid_frames
+from patchflow.models.sizes import frames_rule, nearest_valid_frames
 
 SAMPLERS = ("euler", "heun")
 OUTPUT_TYPES = ("np", "pt", "pil")

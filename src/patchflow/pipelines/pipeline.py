@@ -42,7 +42,8 @@ from patchflow.pipelines.prompts import PromptWarning, unknown_words_note
 from patchflow.shapes import get_world
 from patchflow.pipelines.tasks import fill_unknown, frame_mask, latent_frame_mask
 from patchflow.models.text import TextEncoder
-from patchflow.models.vae import VideoVAE, shape_rules
+from patchflow.models.sizes import shape_rules
+from patchflow.models.vae import VideoVAE
 
 DEFAULTS = {
     "num_frames": 17,            # the trained clip length; longer videos are made window by window
@@ -224,7 +225,7 @@ class VideoPipeline:
         return fn
 
     def shape_rules(self) -> dict:
-        """The frame counts and sizes this model takes, in words and numbers (vae.shape_rules with the DiT's patch)."""
+        """The frame counts and sizes this model takes, in words and numbers (sizes.shape_rules with the DiT's patch)."""
         c = self.vae.config
         return shape_rules(c.ft, c.fs, tuple(self.transformer.config.patch_size))
 

@@ -25,7 +25,7 @@ import random
 import numpy as np
 import torch
 
-from patchflow.models.vae import latent_frames  # T' = 1 + (T - 1) / ft, checked: the VAE owns the rule
+from patchflow.models.sizes import latent_frames  # T' = 1 + (T - 1) / ft, checked: the VAE's rule
 
 TASKS = ("text_to_video", "image_to_video", "extend_forward", "extend_backward", "connect")
 

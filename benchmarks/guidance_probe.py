@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import patchflow.evaluation.model_eval as model_eval
 import patchflow.flow as flow
 from patchflow.evaluation.model_eval import evaluate_row
 from patchflow.models.dit import DiT
@@ -112,22 +111,6 @@ def install(pipe: VideoPipeline, args, bad: DiT | None, bad_expert: DiT | None) 
     flow.guided_velocity = rule
 
 
-def judged_by_shape() -> dict[str, list[bool]]:
-    """Record each one-object verdict under its object's size and shape ("small triangle": [passed, ...])."""
-    verdicts: dict[str, list[bool]] = {}
-    judge = model_eval.evaluate_video
-
-    def recording(video, target):
-        result = judge(video, target)
-        if len(target.objects) == 1:
-            o = target.objects[0]
-            verdicts.setdefault(f"{o.size} {o.shape}", []).append(result.passed)
-        return result
-
-    model_eval.evaluate_video = recording
-    return verdicts
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", type=Path, help="pipeline folder (e.g. src/patchflow/pretrained/shapes-world)")
@@ -158,15 +141,13 @@ def main() -> None:
     setting = {k: v for k, v in vars(args).items() if k not in ("pipeline", "seeds", "out", "count")}
     setting = {k: (str(v) if isinstance(v, Path) else v) for k, v in setting.items()}
     rows = []
-    verdicts = judged_by_shape()
     for seed in args.seeds:
-        verdicts.clear()
         start = time.perf_counter()
         r = evaluate_row(pipe, args.row, count=args.count, seed=seed, steps=args.steps, guidance=guidance,
                          progress=False)
         line = {"seed": seed, **{k: round(100 * r[k], 1) for k in SHOWN if k in r},
                 "seconds": round(time.perf_counter() - start, 1),
-                "by_shape": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(verdicts.items())}, **setting}
+                "by_shape": {k: f"{p}/{n}" for k, (p, n) in r["by_object"].items()}, **setting}
         rows.append(line)
         print(json.dumps(line), flush=True)
         if args.out is not None:

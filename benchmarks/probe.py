@@ -73,7 +73,7 @@ def run_probe(args) -> dict:
               "eval_minutes": round((time.perf_counter() - start) / 60, 1), "final_loss": round(log[-1]["loss"], 4),
               "count": args.count, "sample_steps": args.sample_steps, "guidance": args.guidance, "frames": args.frames,
               "shift": args.shift,
-              **{k: round(v, 3) for k, v in result.items() if k not in ("count", "seconds")},
+              **{k: round(v, 3) for k, v in result.items() if k not in ("count", "seconds", "by_object")},
               "loss_by_t": loss_by_t(log), "sheets": str(out.relative_to(ROOT)), "date": time.strftime("%Y-%m-%d")}
     RECORDS.parent.mkdir(parents=True, exist_ok=True)
     with RECORDS.open("a") as f:

@@ -15,8 +15,8 @@ from patchflow.shapes.world import (
 )
 from patchflow.shapes.evaluate import ATTRIBUTES
 from patchflow.evaluation.model_eval import (
-    FRAMES, GIVEN, PARAPHRASES, PSNR_CAP, ROWS, SIZE, build_items, evaluate_model, evaluate_row, format_table,
-    given_frames,
+    FRAMES, GIVEN, PARAPHRASES, PSNR_CAP, ROWS, SIZE, build_items, evaluate_model, evaluate_row, format_by_object,
+    format_table, given_frames,
 )
 from patchflow.shapes.prompts import expand_prompt, unknown_words
 from patchflow.pipelines.tasks import covered_pixels, frame_mask, latent_frame_mask
@@ -98,7 +98,7 @@ def test_every_row_runs_on_a_tiny_model(model_dir, tmp_path):
     for row, r in results.items():
         assert r["count"] == 2 and 0 <= r["all"] <= 1 and r["seconds"] > 0, row
         assert {"presence", "motion"} <= set(r) <= {"count", "all", "seconds", *ATTRIBUTES, "given_psnr",
-                                                     "loop_psnr", "kept", "all_kept"}, row
+                                                     "loop_psnr", "kept", "all_kept", "by_object"}, row
         if row in PSNR_ROWS:
             assert np.isfinite(r[PSNR_ROWS[row]]) and {"kept", "all_kept"} <= set(r), row
         else:
@@ -163,6 +163,10 @@ def test_ground_truth_outputs_score_about_100_percent():
     results = evaluate_model(fake, count=count, batch_size=4, progress=False)
     for row, r in results.items():
         assert r["count"] == count and r["all"] >= 0.9, (row, r)
+        one_object = [it for it in build_items(row, count)
+                      if len((parse_prompt(it.target) if isinstance(it.target, str) else it.target).objects) == 1]
+        assert sum(n for _, n in r["by_object"].values()) == len(one_object), (row, r["by_object"])
+        assert sum(p for p, _ in r["by_object"].values()) >= 0.9 * len(one_object)
         if row in PSNR_ROWS:
             assert r[PSNR_ROWS[row]] == PSNR_CAP and r["kept"] == 1.0 and r["all_kept"] >= 0.9, (row, r)
     # the tasks were asked for as documented: 9 + 0, 0 + 8 and 5 + 4 given frames, batches of 4
@@ -184,6 +188,8 @@ def test_wrong_outputs_score_low():
 
     results = evaluate_model(Shuffled([]), rows=["train", "extend_forward"], count=8, progress=False)
     assert results["train"]["all"] <= 0.25 and results["extend_forward"]["kept"] <= 0.25
+    line = format_by_object(results)  # every one-object prompt counted, worst object first
+    assert line.startswith("fully correct by object (one-object prompts): ") and "(0/" in line.split(", ")[0]
     # given frames kept, the rest empty: PSNR is measured on exactly the given frames, the video fails
     rows = list(GIVEN)
     blank = GroundTruthPipeline([it.clip for row in rows for it in build_items(row, 6)], blank_generated=True)
@@ -203,6 +209,8 @@ def test_cli_eval_model_json(model_dir, tmp_path, capsys):
     assert report["rows"]["extend_backward"]["count"] == 2 and "given_psnr" in report["rows"]["extend_backward"]
     assert json.loads(out.read_text())["rows"].keys() == report["rows"].keys()
     assert lines[0].startswith("| row |") and (tmp_path / "s" / "paraphrase.png").is_file()
+    assert any(line.startswith("fully correct by object") for line in lines)
+    assert sum(n for _, n in report["rows"]["paraphrase"]["by_object"].values()) <= 2
     assert main(["eval", "model", "--model", str(tmp_path / "nothing"), "--count", "1"]) == 2
     with pytest.raises(SystemExit):
         main(["eval", "model", "--rows", "teleport"])

@@ -62,7 +62,7 @@ def run_vae(args: argparse.Namespace) -> int:
 def run_model(args: argparse.Namespace) -> int:
     import torch
 
-    from patchflow.evaluation.model_eval import evaluate_model, format_table
+    from patchflow.evaluation.model_eval import evaluate_model, format_by_object, format_table
     from patchflow.pipelines.pipeline import VideoPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +71,7 @@ def run_model(args: argparse.Namespace) -> int:
                              guidance=args.guidance, batch_size=args.batch_size, progress=not args.quiet,
                              samples=args.samples)
     print(format_table(results))
+    print(format_by_object(results))
     report = {"model": str(args.model or "shipped"), "count": args.count, "seed": args.seed,
               "steps": args.steps or pipe.defaults["num_inference_steps"],
               "guidance": pipe.defaults["guidance_scale"] if args.guidance is None else args.guidance,

@@ -63,8 +63,8 @@ from tqdm.auto import tqdm
 
 from patchflow.shapes.captions import plain_caption
 from patchflow.shapes.world import (
-    BACKGROUNDS, HELDOUT_COMBOS, SIZES, TRAIN_COMBOS, ObjectSpec, SceneRecord, SceneSpec, render_scene, sample_scene,
-    scene_from_prompt,
+    BACKGROUNDS, HELDOUT_COMBOS, SIZES, TRAIN_COMBOS, ObjectSpec, SceneRecord, SceneSpec, parse_prompt, render_scene,
+    sample_scene, scene_from_prompt,
 )
 from patchflow.shapes.evaluate import ATTRIBUTES, EvalResult, evaluate_video, summarize
 
@@ -209,7 +209,8 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
     shape only, as the evaluator does for single frames); the conditioning rows are always FRAMES long.
 
     Returns {"count", "all", per-attribute shares, "seconds"}, plus "given_psnr" (conditioning rows) or
-    "loop_psnr" (loop) with "kept" and "all_kept". samples: a folder for contact sheets ROW.png (the
+    "loop_psnr" (loop) with "kept" and "all_kept", and "by_object": {"small triangle": [passed, videos],
+    ...} over the row's one-object prompts (which objects a model draws wrong). samples: a folder for contact sheets ROW.png (the
     first videos) and ROW-failures.png (the first failures), or None.
     """
     _check_pipeline(pipe)
@@ -218,6 +219,7 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
     items = build_items(row, count, seed)
     start = time.perf_counter()
     results: list[EvalResult] = []
+    by_object: dict[str, list[int]] = {}  # "small triangle" -> [passed, videos], one-object prompts
     psnrs: list[float] = []
     shown: list[tuple[np.ndarray, str]] = []
     failed: list[tuple[np.ndarray, str]] = []
@@ -233,6 +235,12 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
             for it, video in zip(batch, np.asarray(videos)):
                 result = evaluate_video(video, it.target)
                 results.append(result)
+                scene = parse_prompt(it.target) if isinstance(it.target, str) else it.target
+                if len(scene.objects) == 1:
+                    obj = scene.objects[0]
+                    tally = by_object.setdefault(" ".join(w for w in (obj.size, obj.shape) if w), [0, 0])
+                    tally[0] += result.passed
+                    tally[1] += 1
                 bad, note = [k for k, v in result.checks.items() if v is False], ""
                 if row in GIVEN or row == "loop":  # given frames vs the output's, or the loop's seam
                     psnrs.append(_psnr(it.clip[idx], video[idx]) if row in GIVEN else _psnr(video[-1], video[0]))
@@ -243,7 +251,7 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
                 if bad and len(failed) < SHEET_VIDEOS:
                     failed.append((video, f"{it.prompt}{note} | failed: {', '.join(bad)}"))
             bar.update(len(batch))
-    out: dict[str, float] = {**summarize(results), "count": len(results)}
+    out: dict[str, Any] = {**summarize(results), "count": len(results), "by_object": dict(sorted(by_object.items()))}
     if psnrs:
         kept = np.array(psnrs) >= KEEP_PSNR
         out["loop_psnr" if row == "loop" else "given_psnr"] = float(np.mean(psnrs))
@@ -278,6 +286,20 @@ def evaluate_model(pipe: Any, rows: tuple[str, ...] | list[str] = ROWS, count: i
 
 
 # ---------------------------------------------------------------- reporting
+def format_by_object(results: dict[str, dict[str, Any]]) -> str:
+    """One line: every row's one-object prompts pooled, the share fully correct per object
+    ("small triangle 9% (1/11)"), worst first."""
+    pooled: dict[str, list[int]] = {}
+    for r in results.values():
+        for name, (passed, videos) in r.get("by_object", {}).items():
+            tally = pooled.setdefault(name, [0, 0])
+            tally[0] += passed
+            tally[1] += videos
+    worst_first = sorted(pooled.items(), key=lambda kv: kv[1][0] / kv[1][1])
+    parts = [f"{name} {100 * p / n:.0f}% ({p}/{n})" for name, (p, n) in worst_first]
+    return "fully correct by object (one-object prompts): " + (", ".join(parts) if parts else "none")
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A markdown table of `evaluate_model`'s results (shares in %, PSNR in dB; - = not measured)."""
     header = ["row", "videos", "all", *ATTRIBUTES, "PSNR (dB)", "kept", "all & kept", "seconds"]

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from patchflow.evaluation.metrics import psnr, ssim_frames
+from patchflow.evaluation.metrics import ssim_frames
 from patchflow.models.vae import VideoVAE
 from patchflow.shapes.evaluate import evaluate_video
 from patchflow.shapes.world import render_scene, sample_scene
+from vae_ceiling import round_trips  # benchmarks/vae_ceiling.py, beside this file
 
 
 def clips(split: str, shape: str, size: str, count: int, seed: int) -> list:
@@ -44,20 +45,13 @@ def to_tensor(records: list) -> torch.Tensor:
     return torch.from_numpy(video).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, T, H, W)
 
 
-@torch.no_grad()
 def judge(vae: VideoVAE, records: list) -> dict:
-    passed, shape_ok, psnrs = [], [], []
-    for i in range(0, len(records), 8):
-        x = to_tensor(records[i:i + 8])
-        y = vae.decode(vae.encode(x).mean).clamp(-1, 1)
-        for r, yi, xi in zip(records[i:i + 8], y, x):
-            video = ((yi.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
-            result = evaluate_video(video, r)
-            passed.append(result.passed)
-            shape_ok.append(result.checks.get("shape") is not False)
-            psnrs.append(float(psnr(yi[None], xi[None])))
-    return {"all": round(float(np.mean(passed)), 3), "shape": round(float(np.mean(shape_ok)), 3),
-            "psnr": round(float(np.mean(psnrs)), 2)}
+    """The records' round trips through `vae`, judged: fully correct, shape kept, mean PSNR."""
+    trips = round_trips(vae, records, batch=8)
+    results = [evaluate_video(video, r) for r, (_, video, _) in zip(records, trips)]
+    return {"all": round(float(np.mean([r.passed for r in results])), 3),
+            "shape": round(float(np.mean([r.checks.get("shape") is not False for r in results])), 3),
+            "psnr": round(float(np.mean([db for _, _, db in trips])), 2)}
 
 
 def main() -> None:

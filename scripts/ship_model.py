@@ -29,7 +29,8 @@ def main() -> None:
     parser.add_argument("dit_run", type=Path, help="DiT training run (or pipeline folder)")
     parser.add_argument("vae_run", type=Path, nargs="?",
                         help="decoder-only VAE run (or its final/vae folder); default: the DiT run's own VAE")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="pipeline folder to write (replaced, but for its README.md: the model card)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="pipeline folder to write (replaced, but for its README.md: the model card)")
     parser.add_argument("--steps", type=int, help="default num_inference_steps")
     parser.add_argument("--guidance", type=float, help="default guidance_scale")
     parser.add_argument("--shift", type=float, help="default sampler time shift (benchmarks/bench_sampler.py --shifts)")

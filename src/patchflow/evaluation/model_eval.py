@@ -210,8 +210,8 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
 
     Returns {"count", "all", per-attribute shares, "seconds"}, plus "given_psnr" (conditioning rows) or
     "loop_psnr" (loop) with "kept" and "all_kept", and "by_object": {"small triangle": [passed, videos],
-    ...} over the row's one-object prompts (which objects a model draws wrong). samples: a folder for contact sheets ROW.png (the
-    first videos) and ROW-failures.png (the first failures), or None.
+    ...} over the row's one-object prompts (which objects a model draws wrong). samples: a folder for
+    contact sheets ROW.png (the first videos) and ROW-failures.png (the first failures), or None.
     """
     _check_pipeline(pipe)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -233,9 +233,9 @@ def evaluate_row(pipe: Any, row: str, count: int = 100, seed: int = 0, steps: in
                           num_inference_steps=steps, guidance_scale=guidance, seed=[it.seed for it in batch],
                           progress=False, **_inputs(row, batch))  # (B, T, H, W, 3) uint8
             for it, video in zip(batch, np.asarray(videos)):
-                result = evaluate_video(video, it.target)
+                scene = parse_prompt(it.target) if isinstance(it.target, str) else it.target  # parsed once
+                result = evaluate_video(video, scene)
                 results.append(result)
-                scene = parse_prompt(it.target) if isinstance(it.target, str) else it.target
                 if len(scene.objects) == 1:
                     obj = scene.objects[0]
                     tally = by_object.setdefault(" ".join(w for w in (obj.size, obj.shape) if w), [0, 0])

@@ -166,8 +166,8 @@ def check_sampler(*, defaults: dict, num_inference_steps: Any = None, guidance_s
         raise InputError("guidance_scale", f"guidance_scale must be a finite number >= 0 (1 = no guidance), "
                                            f"got {guidance_scale!r}")
     with _about("guidance_interval"):
-        interval = check_guidance_interval(defaults.get("guidance_interval", (0.0, 1.0))
-                                           if guidance_interval is None else guidance_interval)
+        interval = check_guidance_interval(defaults["guidance_interval"] if guidance_interval is None
+                                           else guidance_interval)
     sampler = defaults["sampler"] if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"sampler must be one of {SAMPLERS}, got {sampler!r}")
